@@ -74,17 +74,22 @@ def replica_name(role):
     explicit = os.environ.get("GALAXY_REPLICA_NAME")
     if explicit:
         return explicit
-    import dns.resolver  # dnspython, part of Galaxy's venv; asks Docker's DNS, not /etc/hosts
-    try:
-        address = socket.gethostbyname(socket.gethostname())
-        fqdn = dns.resolver.resolve_address(address)[0].to_text()
-    except Exception:
-        fqdn = ""
+    fqdn = reverse_dns_name()
     match = re.match(r"[^.]*[-_](\d+)\.", fqdn)
     if not match:
         fail(f"cannot tell this replica's index from its DNS name {fqdn!r}; "
              "set GALAXY_REPLICA_NAME to a stable unique name")
     return f"{role}_{match.group(1)}"
+
+
+def reverse_dns_name():
+    """This container's name as Docker's DNS gives it (dnspython skips /etc/hosts)."""
+    import dns.resolver  # part of Galaxy's venv
+    try:
+        address = socket.gethostbyname(socket.gethostname())
+        return dns.resolver.resolve_address(address)[0].to_text()
+    except Exception:
+        return ""
 
 
 def stack_environment():
@@ -187,7 +192,7 @@ def start_munged():
     if not os.path.exists(MUNGE_KEY):
         fail(f"{MUNGE_KEY} is missing: the init service creates it")
     munged = ["munged", f"--key-file={MUNGE_KEY}", "--num-threads=4"]
-    if os.getuid() == 0:  # the node role: munged itself stays unprivileged, owner of the key
+    if os.getuid() == 0:  # slurmctld and node roles: munged stays unprivileged, owner of the key
         munged = ["setpriv", "--reuid=galaxy", "--regid=galaxy", "--init-groups", *munged]
     subprocess.run(munged, check=True)
 
@@ -203,8 +208,8 @@ def role_handler():
 
 
 def role_slurmctld():
+    # Started as root only so munged can run as the key's owner; slurmctld drops to SlurmUser.
     start_munged()
-    os.makedirs("/var/spool/slurmctld", exist_ok=True)
     os.execvp("slurmctld", ["slurmctld", "-D", "-i"])
 
 
@@ -213,8 +218,14 @@ def role_node():
     name = replica_name("node")
     cpus = setting("SLURM_NODE_CPUS", str(os.cpu_count()), r"[1-9]\d*", "a number of cores")
     memory = setting("SLURM_NODE_MEMORY_MB", "2048", r"[1-9]\d*", "MiB, a whole number")
+    # Slurm 22.05 keeps a dynamic node's first address: a re-created node (new address) under
+    # the same name must be forgotten first, or the controller sends its jobs to the old one.
+    for change in (["update", f"nodename={name}", "state=down", "reason=re-registering"],
+                   ["delete", f"nodename={name}"]):
+        subprocess.run(["scontrol", *change], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    layout = f"CPUs={cpus} Sockets=1 CoresPerSocket={cpus} ThreadsPerCore=1"
     os.execvp("slurmd", ["slurmd", "-D", "-N", name, "-Z",
-                         "--conf", f"CPUs={cpus} RealMemory={memory} Feature=galaxy"])
+                         "--conf", f"{layout} RealMemory={memory}"])
 
 
 ROLES = {"web": role_web, "init": role_init, "migrate": role_migrate, "handler": role_handler,
@@ -226,7 +237,7 @@ def main(argv):
         fail(f"no role given; expected one of: {', '.join(ROLES)}")
     role = ROLES.get(argv[0])
     if role is None:
-        os.execvp(argv[0], argv)
+        return os.execvp(argv[0], argv)
     if argv[0] in ("handler", "slurmctld", "node") and shutil.which("slurmctld") is None:
         fail(f"the {argv[0]} role needs the runner image (Dockerfile.runner)")
     role()

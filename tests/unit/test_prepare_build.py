@@ -1,0 +1,46 @@
+"""Unit tests of scripts/prepare-build's decisions (no Docker needed)."""
+import platform
+import sys
+
+import pytest
+
+from test_entrypoint import ROOT, load
+
+
+@pytest.fixture
+def prepare():
+    return load(ROOT / "scripts" / "prepare-build", "prepare_build")
+
+
+def test_wheelhouse_only_where_host_python_matches_image(prepare, monkeypatch):
+    monkeypatch.setattr(platform, "system", lambda: "Linux")
+    monkeypatch.setattr(platform, "libc_ver", lambda: ("glibc", "2.36"))
+    monkeypatch.setattr(sys, "version_info", (3, 11, 7, "final", 0))
+    assert prepare.host_matches_image()
+    monkeypatch.setattr(sys, "version_info", (3, 12, 1, "final", 0))
+    assert not prepare.host_matches_image()
+    monkeypatch.setattr(sys, "version_info", (3, 11, 7, "final", 0))
+    monkeypatch.setattr(platform, "system", lambda: "Darwin")
+    assert not prepare.host_matches_image()
+
+
+def test_current_wheelhouse_is_not_rebuilt(prepare, monkeypatch, tmp_path):
+    reqs = tmp_path / "requirements.txt"
+    reqs.write_text("galaxy==26.1.1\n")
+    monkeypatch.setattr(prepare, "REQUIREMENTS", reqs)
+    monkeypatch.setattr(prepare, "STAMP", tmp_path / "stamp")
+    monkeypatch.setattr(prepare, "host_matches_image", lambda: True)
+    calls = []
+    monkeypatch.setattr(prepare.subprocess, "run", lambda *a, **k: calls.append(a))
+    prepare.ensure_wheelhouse()
+    assert len(calls) == 1  # first time: pip wheel
+    prepare.ensure_wheelhouse()
+    assert len(calls) == 1  # same requirements: nothing to do
+    reqs.write_text("galaxy==26.1.2\n")
+    prepare.ensure_wheelhouse()
+    assert len(calls) == 2  # changed pins: rebuilt
+
+
+def test_requirements_pin_the_galaxy_release_that_installs():
+    pins = (ROOT / "requirements-galaxy.txt").read_text()
+    assert "galaxy==26.1.1" in pins and "galaxy-web-client==26.1.1" in pins
