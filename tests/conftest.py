@@ -79,6 +79,11 @@ class Stack:
     def wait_healthy(self, timeout=STACK_TIMEOUT):
         return wait_healthy(lambda: self.compose("ps -q").split(), timeout)
 
+    def wait_ready(self):
+        """Every container healthy and Galaxy answering through nginx."""
+        self.wait_healthy()
+        wait_for(lambda: requests.get(f"{self.url}/api/version", timeout=5).ok, 300, "Galaxy")
+
     def report(self):
         """Each service's state and the tail of its log."""
         return self.compose("ps -a") + "\n" + self.compose("logs --no-color --tail 60")
@@ -110,8 +115,7 @@ def stack(docker_services):
     s = Stack(docker_services, f"http://127.0.0.1:{port}")
     try:
         s.compose("up -d")
-        s.wait_healthy()
-        wait_for(lambda: requests.get(f"{s.url}/api/version", timeout=5).ok, 120, "Galaxy")
+        s.wait_ready()
     except Exception:
         print(s.report())
         raise
@@ -134,6 +138,11 @@ def create_user(admin, url):
 
 @pytest.fixture(scope="session")
 def user(admin, stack):
+    return create_user(admin, stack.url)
+
+
+@pytest.fixture(scope="session")
+def other_user(admin, stack):
     return create_user(admin, stack.url)
 
 

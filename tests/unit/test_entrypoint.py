@@ -1,25 +1,7 @@
 """Unit tests of the images' entrypoint: settings checks, secrets, replica names."""
-import importlib.machinery
-import importlib.util
 import os
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def load(path, name):
-    loader = importlib.machinery.SourceFileLoader(name, str(path))
-    spec = importlib.util.spec_from_loader(name, loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
-@pytest.fixture
-def entrypoint():
-    return load(ROOT / "docker" / "entrypoint.py", "entrypoint")
 
 
 def test_setting_returns_a_valid_value(entrypoint, monkeypatch):

@@ -4,13 +4,6 @@ import sys
 
 import pytest
 
-from test_entrypoint import ROOT, load
-
-
-@pytest.fixture
-def prepare():
-    return load(ROOT / "scripts" / "prepare-build", "prepare_build")
-
 
 def test_wheelhouse_only_where_host_python_matches_image(prepare, monkeypatch):
     monkeypatch.setattr(platform, "system", lambda: "Linux")
@@ -41,6 +34,6 @@ def test_current_wheelhouse_is_not_rebuilt(prepare, monkeypatch, tmp_path):
     assert len(calls) == 2  # changed pins: rebuilt
 
 
-def test_requirements_pin_the_galaxy_release_that_installs():
-    pins = (ROOT / "requirements-galaxy.txt").read_text()
+def test_requirements_pin_the_galaxy_release_that_installs(root):
+    pins = (root / "requirements-galaxy.txt").read_text()
     assert "galaxy==26.1.1" in pins and "galaxy-web-client==26.1.1" in pins
