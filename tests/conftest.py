@@ -76,6 +76,14 @@ class Stack:
         return {c["Config"]["Labels"]["com.docker.compose.service"] for c in json.loads(out)
                 if any(c["HostConfig"].get("PortBindings") or {})}
 
+    def addresses(self, service):
+        """The container addresses of every replica of `service`."""
+        ids = self.compose(f"ps -q {service}").split()
+        out = subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True,
+                             check=True).stdout
+        return {net["IPAddress"] for c in json.loads(out)
+                for net in c["NetworkSettings"]["Networks"].values()}
+
     def wait_healthy(self, timeout=STACK_TIMEOUT):
         return wait_healthy(lambda: self.compose("ps -q").split(), timeout)
 
@@ -130,19 +138,27 @@ def admin(stack):
 
 
 def create_user(admin, url):
-    """A fresh ordinary user, created through the API, and a client holding its API key."""
+    """A fresh ordinary user, created through the API: a client with its API key, its email
+    and password."""
     name = f"u{uuid.uuid4().hex[:10]}"
-    user = admin.users.create_local_user(name, f"{name}@example.org", uuid.uuid4().hex)
-    return GalaxyInstance(url, key=admin.users.get_or_create_user_apikey(user["id"]))
+    email, password = f"{name}@example.org", uuid.uuid4().hex
+    user = admin.users.create_local_user(name, email, password)
+    gi = GalaxyInstance(url, key=admin.users.get_or_create_user_apikey(user["id"]))
+    return gi, email, password
 
 
 @pytest.fixture(scope="session")
 def user(admin, stack):
-    return create_user(admin, stack.url)
+    return create_user(admin, stack.url)[0]
 
 
 @pytest.fixture(scope="session")
 def other_user(admin, stack):
+    return create_user(admin, stack.url)[0]
+
+
+@pytest.fixture(scope="session")
+def user_with_password(admin, stack):
     return create_user(admin, stack.url)
 
 
