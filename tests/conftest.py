@@ -138,27 +138,19 @@ def admin(stack):
 
 
 def create_user(admin, url):
-    """A fresh ordinary user, created through the API: a client with its API key, its email
-    and password."""
+    """A fresh ordinary user, created through the API, and a client holding its API key."""
     name = f"u{uuid.uuid4().hex[:10]}"
-    email, password = f"{name}@example.org", uuid.uuid4().hex
-    user = admin.users.create_local_user(name, email, password)
-    gi = GalaxyInstance(url, key=admin.users.get_or_create_user_apikey(user["id"]))
-    return gi, email, password
+    user = admin.users.create_local_user(name, f"{name}@example.org", uuid.uuid4().hex)
+    return GalaxyInstance(url, key=admin.users.get_or_create_user_apikey(user["id"]))
 
 
 @pytest.fixture(scope="session")
 def user(admin, stack):
-    return create_user(admin, stack.url)[0]
+    return create_user(admin, stack.url)
 
 
 @pytest.fixture(scope="session")
 def other_user(admin, stack):
-    return create_user(admin, stack.url)[0]
-
-
-@pytest.fixture(scope="session")
-def user_with_password(admin, stack):
     return create_user(admin, stack.url)
 
 

@@ -20,7 +20,7 @@ def upstreams(stack, marker):
             for m in [re.search(r"upstream=(\S+)", line)] if m]
 
 
-def test_scaled_web_replicas_all_serve_requests(stack, user_with_password):
+def test_scaled_web_replicas_all_serve_requests(stack):
     stack.compose(f"up -d --scale web={WEB_REPLICAS}")
     stack.wait_ready()
     web_ips = stack.addresses("web")
@@ -31,20 +31,6 @@ def test_scaled_web_replicas_all_serve_requests(stack, user_with_password):
         assert requests.get(f"{stack.url}/api/version?{marker}={i}", timeout=30).ok
     served = collections.Counter(addr.split(":")[0] for addr in upstreams(stack, marker))
     assert set(served) == set(web_ips), served
-
-    # One login, one session cookie, honoured by every replica (shared id_secret, sessions in
-    # the database). The CSRF token one replica encodes is checked by whichever answers next.
-    gi, email, password = user_with_password
-    session = requests.Session()
-    token = session.get(f"{stack.url}/api/context", timeout=30).json()["session_csrf_token"]
-    r = session.post(f"{stack.url}/user/login", timeout=30, json={
-        "login": email, "password": password, "session_csrf_token": token})
-    assert r.ok, r.text
-    marker = f"session-{uuid.uuid4().hex[:8]}"
-    for i in range(40):
-        me = session.get(f"{stack.url}/api/users/current?{marker}={i}", timeout=30).json()
-        assert me.get("email") == email, me
-    assert set(a.split(":")[0] for a in upstreams(stack, marker)) == set(web_ips)
 
 
 def test_tus_upload_in_chunks_across_replicas(stack, user, tmp_path):
@@ -80,7 +66,7 @@ def test_jobs_are_shared_by_handlers_and_run_once(stack, admin, user):
     # Exactly one Slurm job per Galaxy job: Slurm's own list agrees with Galaxy's record.
     slurm_ids = [job["external_id"] for job in jobs]
     assert len(set(slurm_ids)) == JOBS
-    listed = stack.exec("slurmctld", "squeue -h -t all -o %i|%j").split()
+    listed = stack.exec("slurmctld", "squeue -h -t all -o '%i|%j'").split()
     name_of = dict(line.split("|", 1) for line in listed)  # every Slurm job it still knows
     submissions = collections.Counter(name_of.values())  # job name: g<Galaxy job id>_<tool>
     for slurm_id in slurm_ids:
