@@ -4,6 +4,7 @@ Compose v1 has no `up --wait`, so waiting on the healthchecks is done here, the 
 """
 import json
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -26,6 +27,13 @@ def compose_command():
     if shutil.which("docker-compose"):
         return ["docker-compose"]
     raise ComposeError("neither `docker compose` nor `docker-compose` is installed")
+
+
+def free_port():
+    """A TCP port free on the host's loopback, for a stack of its own (tests, bench)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def container_states(ids):

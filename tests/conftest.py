@@ -6,7 +6,6 @@ fails; it never skips.
 """
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from bioblend.galaxy import GalaxyInstance
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
-from compose_stack import ComposeError, compose_command, wait_healthy  # noqa: E402
+from compose_stack import ComposeError, compose_command, free_port, wait_healthy  # noqa: E402
 
 # Galaxy's first start (database schema, toolbox) takes minutes on 2 cores.
 STACK_TIMEOUT = float(os.environ.get("SG_TEST_STACK_TIMEOUT", "900"))
@@ -95,12 +94,6 @@ class Stack:
     def report(self):
         """Each service's state and the tail of its log."""
         return self.compose("ps -a") + "\n" + self.compose("logs --no-color --tail 60")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(check, timeout, what, pause=2.0):

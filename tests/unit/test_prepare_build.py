@@ -2,7 +2,6 @@
 import platform
 import sys
 
-import pytest
 
 
 def test_wheelhouse_only_where_host_python_matches_image(prepare, monkeypatch):
