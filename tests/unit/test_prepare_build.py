@@ -3,7 +3,6 @@ import platform
 import sys
 
 
-
 def test_wheelhouse_only_where_host_python_matches_image(prepare, monkeypatch):
     monkeypatch.setattr(platform, "system", lambda: "Linux")
     monkeypatch.setattr(platform, "libc_ver", lambda: ("glibc", "2.36"))
