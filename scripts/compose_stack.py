@@ -36,6 +36,12 @@ def free_port():
         return s.getsockname()[1]
 
 
+def prune_replaced_images():
+    """Remove this project's images that a rebuild left untagged (not the build cache)."""
+    subprocess.run(["docker", "image", "prune", "-f", "--filter", "label=io.scalable-galaxy.image"],
+                   stdout=subprocess.DEVNULL, check=False)
+
+
 def container_states(ids):
     """{container name: state}; state is a health status, `exited-<code>`, or `running`."""
     if not ids:

@@ -18,7 +18,8 @@ from bioblend.galaxy import GalaxyInstance
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
-from compose_stack import ComposeError, compose_command, free_port, wait_healthy  # noqa: E402
+from compose_stack import (  # noqa: E402
+    ComposeError, compose_command, free_port, prune_replaced_images, wait_healthy)
 
 # Galaxy's first start (database schema, toolbox) takes minutes on 2 cores.
 STACK_TIMEOUT = float(os.environ.get("SG_TEST_STACK_TIMEOUT", "900"))
@@ -114,6 +115,7 @@ def stack(docker_services):
     port = free_port()
     os.environ["GALAXY_PORT"] = f"127.0.0.1:{port}"
     s = Stack(docker_services, f"http://127.0.0.1:{port}")
+    prune_replaced_images()  # the images `build` just replaced
     try:
         s.compose("up -d")
         s.wait_ready()
