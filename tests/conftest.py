@@ -20,9 +20,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 from compose_stack import (  # noqa: E402
     ComposeError, compose_command, free_port, prune_replaced_images, wait_healthy)
+from helpers import UPLOAD_LIMIT  # noqa: E402
 
 # Galaxy's first start (database schema, toolbox) takes minutes on 2 cores.
 STACK_TIMEOUT = float(os.environ.get("SG_TEST_STACK_TIMEOUT", "900"))
+# Modules in the order they change the stack: plain use first, then restarts, then scaling out.
+MODULE_ORDER = ["unit", "test_foundation", "test_proxy", "test_cluster", "test_scaling"]
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        path = item.nodeid.split("::")[0]
+        return next((i for i, name in enumerate(MODULE_ORDER) if name in path), len(MODULE_ORDER))
+    items.sort(key=rank)  # stable: tests keep their order inside a module
 
 
 @pytest.fixture(scope="session")
@@ -35,12 +45,14 @@ def docker_compose_command():
 
 @pytest.fixture(scope="session")
 def docker_compose_file():
-    return str(ROOT / "compose.yml")
+    # Galaxy and the bundled Slurm cluster, as COMPOSE_FILE in .env has them.
+    return [str(ROOT / "compose.yml"), str(ROOT / "compose.slurm.yml")]
 
 
 @pytest.fixture(scope="session")
 def docker_compose_project_name():
-    return f"sgtest{uuid.uuid4().hex[:8]}"
+    # SG_TEST_PROJECT: run against a stack already up under that name (while developing).
+    return os.environ.get("SG_TEST_PROJECT") or f"sgtest{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +64,8 @@ def docker_setup():
 
 @pytest.fixture(scope="session")
 def docker_cleanup():
+    if os.environ.get("SG_TEST_KEEP_STACK"):  # while developing: leave it up for the next run
+        return []
     return ["down -v --remove-orphans --timeout 30"]
 
 
@@ -67,6 +81,11 @@ class Stack:
 
     def exec(self, service, command, index=1):
         return self.compose(f"exec -T --index {index} {service} {command}")
+
+    @staticmethod
+    def docker(command):
+        return subprocess.run(["docker", *command.split()], capture_output=True, text=True,
+                              check=True).stdout
 
     def published_services(self):
         """The services with a port published on the host."""
@@ -114,6 +133,8 @@ def wait_for(check, timeout, what, pause=2.0):
 def stack(docker_services):
     port = free_port()
     os.environ["GALAXY_PORT"] = f"127.0.0.1:{port}"
+    # Small enough that the tests can go over it quickly.
+    os.environ["GALAXY_MAX_UPLOAD_SIZE"] = UPLOAD_LIMIT
     s = Stack(docker_services, f"http://127.0.0.1:{port}")
     prune_replaced_images()  # the images `build` just replaced
     try:

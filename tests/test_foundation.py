@@ -6,12 +6,7 @@ import pytest
 import requests
 from bioblend import ConnectionError as GalaxyError
 
-JOB_WAIT = 600
-
-
-def upload(gi, history_id, content, file_type="txt"):
-    ds = gi.tools.paste_content(content, history_id, file_type=file_type)["outputs"][0]
-    return gi.datasets.wait_for_dataset(ds["id"], maxwait=JOB_WAIT)
+from helpers import JOB_WAIT, upload
 
 
 def test_galaxy_answers_through_nginx(stack):
@@ -22,12 +17,13 @@ def test_galaxy_answers_through_nginx(stack):
     assert stack.published_services() == {"nginx"}
 
 
-def test_forwarded_headers_come_from_nginx_not_the_client(stack):
+def test_forwarded_headers_come_from_nginx_not_the_client(stack, user):
     # Galaxy builds absolute URLs (here: a TUS upload's Location) from X-Forwarded-Host; nginx
     # must overwrite what a client sends, or anyone could make Galaxy point links elsewhere.
     r = requests.post(f"{stack.url}/api/upload/resumable_upload/",
                       headers={"Tus-Resumable": "1.0.0", "Upload-Length": "5",
-                               "X-Forwarded-Host": "evil.example"}, timeout=10)
+                               "x-api-key": user.key, "X-Forwarded-Host": "evil.example"},
+                      timeout=10)
     location = r.headers.get("Location", "")
     assert location, (r.status_code, r.text)
     assert "evil.example" not in location

@@ -17,8 +17,24 @@ def load(path, name):
 
 
 @pytest.fixture
-def entrypoint():
+def settings(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "docker"))  # the entrypoint's own modules
+    return load(ROOT / "docker" / "settings.py", "settings")
+
+
+@pytest.fixture
+def entrypoint(settings):
     return load(ROOT / "docker" / "entrypoint.py", "entrypoint")
+
+
+@pytest.fixture
+def cluster(settings):
+    return load(ROOT / "docker" / "cluster.py", "cluster")
+
+
+@pytest.fixture
+def nginx_entrypoint():
+    return load(ROOT / "nginx" / "entrypoint.py", "nginx_entrypoint")
 
 
 @pytest.fixture

@@ -1,54 +1,55 @@
-"""Unit tests of the images' entrypoint: settings checks, secrets, replica names."""
+"""Unit tests of the Galaxy images' entrypoint modules: settings checks, secrets, replica names,
+the upload limit, the external cluster's files."""
 import os
 
 import pytest
 
 
-def test_setting_returns_a_valid_value(entrypoint, monkeypatch):
+def test_setting_returns_a_valid_value(settings, monkeypatch):
     monkeypatch.setenv("GALAXY_WEB_WORKERS", "4")
-    assert entrypoint.setting("GALAXY_WEB_WORKERS", "1", r"[1-9]\d*", "a number") == "4"
+    assert settings.setting("GALAXY_WEB_WORKERS", "1", r"[1-9]\d*", "a number") == "4"
 
 
-def test_setting_default_when_unset(entrypoint, monkeypatch):
+def test_setting_default_when_unset(settings, monkeypatch):
     monkeypatch.delenv("GALAXY_WEB_WORKERS", raising=False)
-    assert entrypoint.setting("GALAXY_WEB_WORKERS", "1", r"[1-9]\d*", "a number") == "1"
+    assert settings.setting("GALAXY_WEB_WORKERS", "1", r"[1-9]\d*", "a number") == "1"
 
 
 @pytest.mark.parametrize("value", ["0", "four", "4 ", "-1"])
-def test_malformed_setting_names_variable_and_form(entrypoint, monkeypatch, capsys, value):
+def test_malformed_setting_names_variable_and_form(settings, monkeypatch, capsys, value):
     monkeypatch.setenv("GALAXY_WEB_WORKERS", value)
     with pytest.raises(SystemExit) as exit:
-        entrypoint.setting("GALAXY_WEB_WORKERS", "1", r"[1-9]\d*", "a positive whole number")
+        settings.setting("GALAXY_WEB_WORKERS", "1", r"[1-9]\d*", "a positive whole number")
     assert exit.value.code == 2
     err = capsys.readouterr().err
     assert "GALAXY_WEB_WORKERS" in err and "a positive whole number" in err
 
 
-def test_missing_required_setting(entrypoint, monkeypatch, capsys):
+def test_missing_required_setting(settings, monkeypatch, capsys):
     monkeypatch.delenv("POSTGRES_HOST", raising=False)
     with pytest.raises(SystemExit):
-        entrypoint.setting("POSTGRES_HOST", form="a host name")
+        settings.setting("POSTGRES_HOST", form="a host name")
     assert "POSTGRES_HOST is not set; expected a host name" in capsys.readouterr().err
 
 
-def test_write_once_never_overwrites(entrypoint, tmp_path):
+def test_write_once_never_overwrites(settings, tmp_path):
     path = tmp_path / "id_secret"
-    assert entrypoint.write_once(str(path), "first", 0o440)
-    assert not entrypoint.write_once(str(path), "second", 0o440)
+    assert settings.write_once(str(path), "first", 0o440)
+    assert not settings.write_once(str(path), "second", 0o440)
     assert path.read_text() == "first"
     assert oct(path.stat().st_mode & 0o777) == "0o440"
 
 
-def test_missing_secret_says_which_and_why(entrypoint, monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(entrypoint, "SECRETS_DIR", str(tmp_path))
+def test_missing_secret_says_which_and_why(settings, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(settings, "SECRETS_DIR", str(tmp_path))
     with pytest.raises(SystemExit):
-        entrypoint.read_secret("db_password")
+        settings.read_secret("db_password")
     assert f"{tmp_path}/db_password is missing" in capsys.readouterr().err
 
 
-def test_secret_generators_are_random_and_fit_galaxy(entrypoint):
-    first = {name: make() for name, make in entrypoint.SECRET_FILES.items()}
-    second = {name: make() for name, make in entrypoint.SECRET_FILES.items()}
+def test_secret_generators_are_random_and_fit_galaxy(settings):
+    first = {name: make() for name, make in settings.SECRET_FILES.items()}
+    second = {name: make() for name, make in settings.SECRET_FILES.items()}
     assert all(first[n] != second[n] for n in first)
     assert len(first["id_secret"]) <= 56  # Galaxy's Blowfish key limit
 
@@ -58,23 +59,23 @@ def test_secret_generators_are_random_and_fit_galaxy(entrypoint):
     ("sgtest-web-12.sgtest_default.", "web_12"),  # Compose v2
     ("my_project-web-2.net.", "web_2"),
 ])
-def test_replica_name_from_docker_dns(entrypoint, monkeypatch, ptr, expected):
+def test_replica_name_from_docker_dns(settings, monkeypatch, ptr, expected):
     monkeypatch.delenv("GALAXY_REPLICA_NAME", raising=False)
-    monkeypatch.setattr(entrypoint, "reverse_dns_name", lambda: ptr)
-    assert entrypoint.replica_name("web") == expected
+    monkeypatch.setattr(settings, "reverse_dns_name", lambda: ptr)
+    assert settings.replica_name("web") == expected
 
 
-def test_replica_name_without_index_fails_clearly(entrypoint, monkeypatch, capsys):
+def test_replica_name_without_index_fails_clearly(settings, monkeypatch, capsys):
     monkeypatch.delenv("GALAXY_REPLICA_NAME", raising=False)
-    monkeypatch.setattr(entrypoint, "reverse_dns_name", lambda: "a3dcb0b25149")
+    monkeypatch.setattr(settings, "reverse_dns_name", lambda: "a3dcb0b25149")
     with pytest.raises(SystemExit):
-        entrypoint.replica_name("web")
+        settings.replica_name("web")
     assert "GALAXY_REPLICA_NAME" in capsys.readouterr().err
 
 
-def test_explicit_replica_name_wins(entrypoint, monkeypatch):
+def test_explicit_replica_name_wins(settings, monkeypatch):
     monkeypatch.setenv("GALAXY_REPLICA_NAME", "handler_main")
-    assert entrypoint.replica_name("handler") == "handler_main"
+    assert settings.replica_name("handler") == "handler_main"
 
 
 def test_unknown_command_is_executed(entrypoint, monkeypatch):
@@ -82,3 +83,47 @@ def test_unknown_command_is_executed(entrypoint, monkeypatch):
     monkeypatch.setattr(os, "execvp", lambda f, a: ran.append(a))
     entrypoint.main(["bash", "-c", "true"])
     assert ran == [["bash", "-c", "true"]]
+
+
+@pytest.mark.parametrize("value, expected", [("10g", 10 << 30), ("512M", 512 << 20),
+                                             ("1048576", 1048576), ("64k", 64 << 10)])
+def test_upload_limit_in_bytes(entrypoint, monkeypatch, value, expected):
+    monkeypatch.setenv("GALAXY_MAX_UPLOAD_SIZE", value)
+    assert entrypoint.upload_limit() == expected
+
+
+@pytest.mark.parametrize("value", ["10 GB", "0", "-1g", "1.5g", "g"])
+def test_malformed_upload_limit_is_refused(entrypoint, monkeypatch, capsys, value):
+    monkeypatch.setenv("GALAXY_MAX_UPLOAD_SIZE", value)
+    with pytest.raises(SystemExit):
+        entrypoint.upload_limit()
+    assert "GALAXY_MAX_UPLOAD_SIZE" in capsys.readouterr().err
+
+
+def test_local_tool_conf_created_once(settings, monkeypatch, tmp_path):
+    monkeypatch.setattr(settings, "DATA_DIR", str(tmp_path))
+    (tmp_path / "config").mkdir()
+    tools = settings.ensure_local_tool_conf()
+    conf = tmp_path / "config" / "local_tool_conf.xml"
+    assert f'tool_path="{tools}"' in conf.read_text()
+    conf.write_text("<toolbox/>")  # an admin's edits are kept
+    settings.ensure_local_tool_conf()
+    assert conf.read_text() == "<toolbox/>"
+
+
+def test_site_cluster_needs_its_files(cluster, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("SLURM_CONF", str(tmp_path / "slurm.conf"))
+    monkeypatch.setenv("MUNGE_KEY_FILE", str(tmp_path / "munge.key"))
+    with pytest.raises(SystemExit):
+        cluster.connect_to_cluster()
+    err = capsys.readouterr().err
+    assert "slurm.conf is missing or not readable" in err and "external cluster" in err
+
+
+def test_site_cluster_needs_a_munge_key_setting(cluster, monkeypatch, tmp_path, capsys):
+    (tmp_path / "slurm.conf").write_text("ClusterName=site\n")
+    monkeypatch.setenv("SLURM_CONF", str(tmp_path / "slurm.conf"))
+    monkeypatch.delenv("MUNGE_KEY_FILE", raising=False)
+    with pytest.raises(SystemExit):
+        cluster.connect_to_cluster()
+    assert "MUNGE_KEY_FILE is not set" in capsys.readouterr().err

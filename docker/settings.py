@@ -1,0 +1,101 @@
+"""What every role of the Galaxy images shares: settings from the environment (checked, with a
+clear message naming a missing or malformed one), the deployment's secrets, replica names."""
+import os
+import re
+import secrets
+import socket
+import sys
+
+DATA_DIR = "/srv/galaxy"
+SECRETS_DIR = os.environ.get("GALAXY_SECRETS_DIR", "/var/lib/galaxy-secrets")
+MUNGE_KEY = os.path.join(SECRETS_DIR, "munge.key")
+# Files the init role creates once per deployment; each is read by the roles that need it.
+SECRET_FILES = {
+    "id_secret": lambda: secrets.token_hex(24),  # Galaxy's id cipher takes up to 56 chars
+    "db_password": lambda: secrets.token_urlsafe(24),
+    "admin_api_key": lambda: secrets.token_hex(16),
+    "slurmdb_password": lambda: secrets.token_urlsafe(24),
+}
+
+
+def fail(msg):
+    print(f"galaxy-entrypoint: {msg}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def log(msg):
+    print(f"galaxy-entrypoint: {msg}", file=sys.stderr, flush=True)
+
+
+def setting(name, default=None, pattern=None, form=None):
+    """An environment setting, checked against `pattern` (a regex the whole value must match)."""
+    value = os.environ.get(name, default)
+    if value is None or value == "":
+        fail(f"{name} is not set; expected {form or 'a value'}")
+    if pattern and not re.fullmatch(pattern, value):
+        fail(f"{name}={value!r} is malformed; expected {form}")
+    return value
+
+
+def read_secret(name):
+    path = os.path.join(SECRETS_DIR, name)
+    try:
+        with open(path) as f:
+            value = f.read().strip()
+    except FileNotFoundError:
+        fail(f"secret {path} is missing: the init service creates it (docker compose up runs it)")
+    except PermissionError:
+        fail(f"secret {path} is not readable by uid {os.getuid()}")
+    if not value:
+        fail(f"secret {path} is empty: remove it and run the init service again")
+    return value
+
+
+def write_once(path, value, mode=0o400):
+    """Create `path` with `value` unless it exists; never overwrite a secret."""
+    if os.path.exists(path):
+        return False
+    tmp = f"{path}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    with os.fdopen(os.open(tmp, flags, mode), "wb" if isinstance(value, bytes) else "w") as f:
+        f.write(value)
+    os.rename(tmp, path)
+    return True
+
+
+def ensure_local_tool_conf():
+    """The site's own tool list (config/galaxy.yml: tool_config_file), empty until an admin adds
+    tools; Galaxy refuses to start if a listed tool configuration is missing."""
+    tools = os.path.join(DATA_DIR, "config", "local_tools")
+    os.makedirs(tools, exist_ok=True)
+    write_once(os.path.join(DATA_DIR, "config", "local_tool_conf.xml"),
+               f'<?xml version="1.0"?>\n<toolbox tool_path="{tools}">\n</toolbox>\n', 0o644)
+    return tools
+
+
+def replica_name(role):
+    """A stable name for this replica: `<role>_<n>` from compose's container name.
+
+    Docker's DNS answers a reverse lookup of our own address with the container name
+    (project_service_3 with Compose v1, project-service-3 with v2); its trailing number is the
+    replica index, which survives restarts and re-creation, unlike the container id.
+    """
+    explicit = os.environ.get("GALAXY_REPLICA_NAME")
+    if explicit:
+        return explicit
+    fqdn = reverse_dns_name()
+    match = re.match(r"[^.]*[-_](\d+)\.", fqdn)
+    if not match:
+        fail(f"cannot tell this replica's index from its DNS name {fqdn!r}; "
+             "set GALAXY_REPLICA_NAME to a stable unique name")
+    return f"{role}_{match.group(1)}"
+
+
+def reverse_dns_name():
+    """This container's name as Docker's DNS gives it (dnspython skips /etc/hosts)."""
+    import dns.resolver  # part of Galaxy's venv
+    try:
+        address = socket.gethostbyname(socket.gethostname())
+        return dns.resolver.resolve_address(address)[0].to_text()
+    except Exception:
+        return ""

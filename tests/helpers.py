@@ -1,0 +1,58 @@
+"""What the end-to-end tests share beyond fixtures: Galaxy calls through BioBlend or plain HTTP."""
+import re
+import time
+
+import requests
+
+# A job on 2 busy cores can wait minutes for its turn.
+JOB_WAIT = 600
+# GALAXY_MAX_UPLOAD_SIZE of the test stack: small enough to go over quickly.
+UPLOAD_LIMIT = "64m"
+
+
+def upload(gi, history_id, content, file_type="txt"):
+    """Paste `content` into a new dataset and wait until it is ready."""
+    ds = gi.tools.paste_content(content, history_id, file_type=file_type)["outputs"][0]
+    return gi.datasets.wait_for_dataset(ds["id"], maxwait=JOB_WAIT)
+
+
+def run_and_wait(gi, history_id, tool_id, inputs, maxwait=JOB_WAIT):
+    """Run a tool, wait for its job to end (in any state), return the job's full details."""
+    job = gi.tools.run_tool(history_id, tool_id, inputs)["jobs"][0]
+    return wait_for_job(gi, job["id"], maxwait)
+
+
+def wait_for_job(gi, job_id, maxwait=JOB_WAIT):
+    deadline = time.monotonic() + maxwait
+    while time.monotonic() < deadline:
+        job = gi.jobs.show_job(job_id, full_details=True)
+        if job["state"] in ("ok", "error", "deleted", "failed", "skipped"):
+            return job
+        time.sleep(2)
+    raise TimeoutError(f"job {job_id} still {job['state']} after {maxwait}s")
+
+
+def log_in(url, email, password):
+    """A browser-like session logged in with Galaxy's session cookie (no API key)."""
+    session = requests.Session()
+    session.get(f"{url}/login/start", timeout=30)  # starts the session the CSRF token belongs to
+    token = session.get(f"{url}/context", timeout=30).json()["session_csrf_token"]
+    r = session.post(f"{url}/user/login", timeout=30,
+                     json={"login": email, "password": password, "session_csrf_token": token})
+    assert r.ok, r.text
+    return session
+
+
+def nginx_upstreams(stack, marker):
+    """The replica addresses nginx sent each logged request containing `marker` to."""
+    log = stack.compose("logs --no-color nginx")
+    return [m.group(1) for line in log.splitlines() if marker in line
+            for m in [re.search(r"upstream=(\S+)", line)] if m]
+
+
+def slurm_accounting(stack):
+    """Slurm's own record of every job submitted today (sacct; finished jobs included, a requeued
+    job once per run): [{"id", "name", "state", "node"}]. Galaxy names its jobs g<job id>_<tool>."""
+    out = stack.exec("slurmctld", "sacct -X -D -n -P -a -S now-1days -o JobID,JobName,State,NodeList")
+    keys = ("id", "name", "state", "node")
+    return [dict(zip(keys, line.split("|"))) for line in out.splitlines() if line.strip()]
