@@ -25,8 +25,12 @@ events {}
 http {
     sendfile on;
     tcp_nopush on;
+    access_log off;
     client_body_temp_path /tmp/body;
     proxy_temp_path /tmp/proxy;
+    fastcgi_temp_path /tmp/fastcgi;
+    uwsgi_temp_path /tmp/uwsgi;
+    scgi_temp_path /tmp/scgi;
     server {
         listen 8080;
         location /objects/ { alias /srv/galaxy/objects/; }
@@ -70,6 +74,17 @@ def file_path(stack, gi, dataset_id):
     return re.search(r"(?im)^x-accel-redirect: /_x_accel_redirect(/\S+)", head).group(1)
 
 
+def wait_answering(url, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            requests.head(url, timeout=2)
+            return
+        except requests.RequestException:
+            time.sleep(0.2)
+    raise SystemExit(f"[bench] the static nginx at {url} did not answer within {timeout}s")
+
+
 def static_seconds(stack, path):
     port = free_port()
     with tempfile.NamedTemporaryFile("w", suffix=".conf") as conf:
@@ -82,9 +97,10 @@ def static_seconds(stack, path):
                         "-v", f"{conf.name}:/etc/nginx/static.conf:ro", "--entrypoint", "nginx",
                         "scalable-galaxy-nginx:dev", "-c", "/etc/nginx/static.conf", "-g",
                         "daemon off;"], check=True, stdout=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}{path.replace('/srv/galaxy', '')}"
         try:
-            time.sleep(2)
-            return download_seconds(f"http://127.0.0.1:{port}{path.replace('/srv/galaxy', '')}", {})
+            wait_answering(url)
+            return download_seconds(url, {})
         finally:
             subprocess.run(["docker", "rm", "-f", name], stdout=subprocess.DEVNULL)
 

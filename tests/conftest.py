@@ -25,7 +25,9 @@ from helpers import UPLOAD_LIMIT  # noqa: E402
 # Galaxy's first start (database schema, toolbox) takes minutes on 2 cores.
 STACK_TIMEOUT = float(os.environ.get("SG_TEST_STACK_TIMEOUT", "900"))
 # Modules in the order they change the stack: plain use first, then restarts, then scaling out.
-MODULE_ORDER = ["unit", "test_foundation", "test_proxy", "test_cluster", "test_scaling"]
+# Galaxy alone (test_standalone) runs before the stack is up.
+MODULE_ORDER = ["unit", "test_standalone", "test_foundation", "test_proxy", "test_cluster",
+                "test_scaling"]
 
 
 def pytest_collection_modifyitems(items):
