@@ -3,7 +3,8 @@ process, SQLite, no proxy) as the baseline: the same requests on the same data, 
 import re
 import subprocess
 
-from bench_stack import GalaxyAlone, Stack, new_user, say, table
+from bench_stack import Stack, new_user, say, table
+from galaxy_alone import GalaxyAlone
 
 # Authenticated reads: what the Galaxy client asks most (a history's contents, polled while
 # jobs run) and a light one (who am I).

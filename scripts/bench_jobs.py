@@ -4,7 +4,8 @@ same input, a fixed number of jobs in flight, wall time for all and submit → o
 import statistics
 import time
 
-from bench_stack import GalaxyAlone, Stack, new_user, say, table
+from bench_stack import Stack, new_user, say, table
+from galaxy_alone import GalaxyAlone
 
 
 def run_jobs(gi, count, in_flight):

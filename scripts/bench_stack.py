@@ -1,34 +1,19 @@
-"""The stacks scripts/bench measures: the compose stack under a project name and port of its own,
-and the web image alone (Galaxy out of the box). Both are removed, with their volumes, on exit."""
+"""The compose stack scripts/bench measures, under a project name and port of its own, removed
+with its volumes on exit (the web image alone, the baseline, is galaxy_alone.py)."""
 import os
-import secrets
 import subprocess
 import sys
 import time
 import uuid
 
-import requests
 from bioblend.galaxy import GalaxyInstance
 
 from compose_stack import ROOT, compose_command, free_port, wait_healthy
-
-WEB_IMAGE = "scalable-galaxy-web:dev"
+from galaxy_alone import wait_galaxy
 
 
 def say(msg):
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-def wait_galaxy(url, timeout=900):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/api/version", timeout=5).ok:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(2)
-    sys.exit(f"[bench] Galaxy at {url} did not answer within {timeout}s")
 
 
 def new_user(url, admin_key):
@@ -75,28 +60,6 @@ class Stack:
         say(f"removing {self.project}")
         subprocess.run([*self.base, "down", "-v", "--timeout", "20"], cwd=ROOT, env=self.env,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-class GalaxyAlone:
-    """The web image run by itself: one process, SQLite, the local job runner, no proxy."""
-
-    def __init__(self):
-        self.name = f"sgbench-alone-{uuid.uuid4().hex[:6]}"
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.admin = secrets.token_hex(16)
-
-    def __enter__(self):
-        subprocess.run(["docker", "run", "-d", "--name", self.name, "-p",
-                        f"127.0.0.1:{self.port}:8080", "-e",
-                        f"GALAXY_CONFIG_OVERRIDE_BOOTSTRAP_ADMIN_API_KEY={self.admin}",
-                        WEB_IMAGE], check=True, stdout=subprocess.DEVNULL)
-        wait_galaxy(self.url)
-        return self
-
-    def __exit__(self, *exc):
-        subprocess.run(["docker", "rm", "-f", "-v", self.name], stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
 
 
 def table(title, columns, rows):

@@ -20,10 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 from compose_stack import (  # noqa: E402
     ComposeError, compose_command, free_port, prune_replaced_images, wait_healthy)
-from helpers import UPLOAD_LIMIT  # noqa: E402
+from helpers import STACK_TIMEOUT, UPLOAD_LIMIT, create_user, docker  # noqa: E402
 
-# Galaxy's first start (database schema, toolbox) takes minutes on 2 cores.
-STACK_TIMEOUT = float(os.environ.get("SG_TEST_STACK_TIMEOUT", "900"))
 # Modules in the order they change the stack: plain use first, then restarts, then scaling out.
 # Galaxy alone (test_standalone) runs before the stack is up.
 MODULE_ORDER = ["unit", "test_standalone", "test_foundation", "test_proxy", "test_cluster",
@@ -84,10 +82,7 @@ class Stack:
     def exec(self, service, command, index=1):
         return self.compose(f"exec -T --index {index} {service} {command}")
 
-    @staticmethod
-    def docker(command):
-        return subprocess.run(["docker", *command.split()], capture_output=True, text=True,
-                              check=True).stdout
+    docker = staticmethod(docker)
 
     def published_services(self):
         """The services with a port published on the host."""
@@ -153,13 +148,6 @@ def admin(stack):
     """Admin API access through the per-deployment bootstrap key the init service generated."""
     key = stack.exec("web", "cat /var/lib/galaxy-secrets/admin_api_key").strip()
     return GalaxyInstance(stack.url, key=key)
-
-
-def create_user(admin, url):
-    """A fresh ordinary user, created through the API, and a client holding its API key."""
-    name = f"u{uuid.uuid4().hex[:10]}"
-    user = admin.users.create_local_user(name, f"{name}@example.org", uuid.uuid4().hex)
-    return GalaxyInstance(url, key=admin.users.get_or_create_user_apikey(user["id"]))
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,33 @@
-"""What the end-to-end tests share beyond fixtures: Galaxy calls through BioBlend or plain HTTP."""
+"""What the end-to-end tests share beyond fixtures: Galaxy calls through BioBlend or plain HTTP,
+and the docker CLI. Imported by name (conftest.py is not: tests/unit has one of its own)."""
+import os
 import re
+import subprocess
 import time
+import uuid
 
 import requests
+from bioblend.galaxy import GalaxyInstance
 
+# Galaxy's first start (database schema, toolbox) takes minutes on 2 cores.
+STACK_TIMEOUT = float(os.environ.get("SG_TEST_STACK_TIMEOUT", "900"))
 # A job on 2 busy cores can wait minutes for its turn.
 JOB_WAIT = 600
 # GALAXY_MAX_UPLOAD_SIZE of the test stack: small enough to go over quickly.
 UPLOAD_LIMIT = "64m"
+
+
+def docker(command):
+    """`docker <command>` (words split on spaces); its output."""
+    return subprocess.run(["docker", *command.split()], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def create_user(admin, url):
+    """A fresh ordinary user, created through the API, and a client holding its API key."""
+    name = f"u{uuid.uuid4().hex[:10]}"
+    user = admin.users.create_local_user(name, f"{name}@example.org", uuid.uuid4().hex)
+    return GalaxyInstance(url, key=admin.users.get_or_create_user_apikey(user["id"]))
 
 
 def upload(gi, history_id, content, file_type="txt"):
