@@ -146,7 +146,7 @@ def main(argv):
         return os.execvp(argv[0], argv)
     if argv[0] in CLUSTER_ROLES and not os.environ.get("SLURM_CONF") \
             and not os.path.exists("/etc/slurm/slurm.conf"):
-        fail(f"the {argv[0]} role needs the runner image (Dockerfile.runner)")
+        fail(f"the {argv[0]} role needs the runner image (Dockerfile, target runner)")
     role()
 
 

@@ -1,6 +1,13 @@
-# Galaxy web image: gunicorn + Galaxy. Run alone it is Galaxy "out of the box" (SQLite, local
-# job runner, one process); in the compose stack it is one web replica that never runs jobs.
-# Dockerfile.runner builds FROM this image, so the Galaxy install exists once.
+# Every image of the stack that runs Galaxy or serves its client, one target each:
+#   web     Galaxy + gunicorn. Run alone it is Galaxy "out of the box" (SQLite, local job runner,
+#           one process); in the stack it is one web replica that never runs jobs.
+#   runner  the web image set up for the cluster roles: handler (Galaxy job handler), slurmctld,
+#           slurmdbd, node (slurmd). Nodes run it because a job ends by setting metadata with
+#           Galaxy's own venv, at the same path as in the handler.
+#   nginx   the front door: Debian's nginx serving the static client of this same Galaxy build.
+# One file, so any builder (Compose v1, or v2's parallel BuildKit) can build the targets in any
+# order: shared stages are built once, and no image starts FROM another service's image.
+# PostgreSQL and MariaDB have their own small Dockerfiles (postgres/, mariadb/).
 ARG BASE_IMAGE=debian:bookworm-slim
 
 # The system layer of every Galaxy image, all of it before Galaxy itself: a RUN after the 1.6 GB
@@ -70,3 +77,37 @@ COPY config/galaxy.yml /etc/galaxy/
 # its default (its one process handles jobs with the local runner).
 COPY config/job_conf.yml config/tpv.yml /etc/galaxy/stack/
 COPY docker/entrypoint.py docker/settings.py docker/cluster.py /usr/local/lib/galaxy-entrypoint/
+
+FROM web AS runner
+LABEL io.scalable-galaxy.image=runner
+COPY config/slurm.conf config/cgroup.conf /etc/slurm/
+# Each role's health is checked by compose.yml; the web image's HTTP check means nothing here.
+HEALTHCHECK NONE
+CMD ["handler"]
+
+# nginx runs entirely as the unprivileged galaxy user (same uid as in the Galaxy images, so it can
+# read the shared volume it mounts read-only).
+FROM ${BASE_IMAGE} AS nginx
+LABEL io.scalable-galaxy.image=nginx
+ARG GALAXY_UID=1450
+ARG GALAXY_GID=1450
+# python3-minimal: the entrypoint turns settings into nginx directives.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends nginx-light python3-minimal curl \
+ && rm -rf /var/lib/apt/lists/* /etc/nginx/sites-enabled /etc/nginx/conf.d \
+ && groupadd -g ${GALAXY_GID} galaxy \
+ && useradd -u ${GALAXY_UID} -g galaxy -M -d /nonexistent -s /usr/sbin/nologin galaxy \
+ && install -d -o galaxy -g galaxy /var/cache/nginx
+# Galaxy's static files, then the built client into static/dist (where Galaxy itself maps it).
+ARG SITE_PACKAGES=/opt/galaxy/venv/lib/python3.11/site-packages
+COPY --from=venv ${SITE_PACKAGES}/galaxy/webapps/base/static /usr/share/galaxy/static
+COPY --from=venv ${SITE_PACKAGES}/galaxy/web_client/dist /usr/share/galaxy/static/dist
+COPY nginx/nginx.conf nginx/galaxy-proxy.conf /etc/nginx/
+COPY nginx/entrypoint.py /usr/local/bin/nginx-entrypoint
+USER galaxy
+# Request bodies and proxy buffers go to /var/cache/nginx: compose mounts a volume there.
+EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+    CMD curl -fsS -o /dev/null http://localhost:8080/nginx-health || exit 1
+ENTRYPOINT ["nginx-entrypoint"]
+CMD ["nginx", "-g", "daemon off;"]
