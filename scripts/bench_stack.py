@@ -31,7 +31,8 @@ class Stack:
         self.project = f"sgbench{uuid.uuid4().hex[:6]}"
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        self.env = {**os.environ, "GALAXY_PORT": f"127.0.0.1:{port}", **settings}
+        self.env = {**os.environ, "GALAXY_PORT": f"127.0.0.1:{port}", "GALAXY_URL": self.url,
+                    **settings}
         self.base = [*compose_command(), "-p", self.project]
 
     def compose(self, *args, files=None, capture=False):
@@ -67,7 +68,7 @@ def table(title, columns, rows):
     widths = [max(len(str(c)), *(len(str(r[i])) for r in rows)) for i, c in enumerate(columns)]
     print(f"\n{title}\n")
     print("  ".join(str(c).rjust(w) if i else str(c).ljust(w)
-                    for i, (c, w) in enumerate(zip(columns, widths))))
+                    for i, (c, w) in enumerate(zip(columns, widths, strict=True))))
     for row in rows:
         print("  ".join(str(v).rjust(w) if i else str(v).ljust(w)
-                        for i, (v, w) in enumerate(zip(row, widths))))
+                        for i, (v, w) in enumerate(zip(row, widths, strict=True))))

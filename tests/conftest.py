@@ -2,8 +2,10 @@
 
 The stack runs under its own compose project name and host port, so it never collides with a
 stack a user is running, and is torn down with its volumes at the end. Without Docker the session
-fails; it never skips.
+fails; it never skips. Each test sets the scale it needs (`stack.scale`); every test has a time
+limit (pytest-timeout), and a test that fails or times out carries the stack's report.
 """
+import collections
 import json
 import os
 import subprocess
@@ -20,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 from compose_stack import (  # noqa: E402
     ComposeError, compose_command, free_port, prune_replaced_images, wait_healthy)
-from helpers import STACK_TIMEOUT, UPLOAD_LIMIT, create_user, docker  # noqa: E402
+from helpers import STACK_TIMEOUT, UPLOAD_LIMIT, create_user, docker, wait_for  # noqa: E402
 
 # Modules in the order they change the stack: plain use first, then restarts, then scaling out.
 # Galaxy alone (test_standalone) runs before the stack is up.
@@ -58,6 +60,9 @@ def docker_compose_project_name():
 @pytest.fixture(scope="session")
 def docker_setup():
     # Images only; the stack starts in `stack` below, where a failure still tears it down.
+    # scripts/test builds them before pytest starts (its own phase, outside the time limits).
+    if os.environ.get("SG_TEST_IMAGES_BUILT"):
+        return []
     subprocess.run([str(ROOT / "scripts" / "prepare-build")], check=True)
     return ["build"]
 
@@ -100,6 +105,18 @@ class Stack:
         return {net["IPAddress"] for c in json.loads(out)
                 for net in c["NetworkSettings"]["Networks"].values()}
 
+    def replicas(self, service):
+        """How many replicas of `service` run."""
+        return len(self.compose(f"ps -q {service}").split())
+
+    def scale(self, web=1, runner=1, node=1):
+        """Bring the stack to exactly this scale (every service named: Compose resets the others)
+        and wait until it is ready. A test calls it first, so it needs no earlier test's state."""
+        self.compose(f"up -d --scale web={web} --scale runner={runner} --scale node={node}")
+        self.wait_ready()
+        wait_for(lambda: self.exec("slurmctld", "sinfo -h -N -o %N").split()
+                 == [f"node_{i}" for i in range(1, node + 1)], 120, f"Slurm's {node} node(s)")
+
     def wait_healthy(self, timeout=STACK_TIMEOUT):
         return wait_healthy(lambda: self.compose("ps -q").split(), timeout)
 
@@ -113,33 +130,23 @@ class Stack:
         return self.compose("ps -a") + "\n" + self.compose("logs --no-color --tail 60")
 
 
-def wait_for(check, timeout, what, pause=2.0):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except Exception as e:  # a service still starting answers with errors
-            last = e
-        time.sleep(pause)
-    raise TimeoutError(f"{what} not ready after {timeout:.0f}s (last error: {last})")
-
-
 @pytest.fixture(scope="session")
 def stack(docker_services):
-    port = free_port()
+    port = int(os.environ.get("SG_TEST_PORT") or free_port())
     os.environ["GALAXY_PORT"] = f"127.0.0.1:{port}"
+    os.environ["GALAXY_URL"] = f"http://127.0.0.1:{port}"
     # Small enough that the tests can go over it quickly.
     os.environ["GALAXY_MAX_UPLOAD_SIZE"] = UPLOAD_LIMIT
-    s = Stack(docker_services, f"http://127.0.0.1:{port}")
+    s = Stack(docker_services, os.environ["GALAXY_URL"])
     prune_replaced_images()  # the images `build` just replaced
+    started = time.monotonic()
     try:
         s.compose("up -d")
         s.wait_ready()
     except Exception:
         print(s.report())
         raise
+    PHASES["stack up"] = time.monotonic() - started
     return s
 
 
@@ -162,9 +169,44 @@ def other_user(admin, stack):
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """A failed end-to-end test carries every service's state and log tail in its report."""
+    """A failed end-to-end test (a timeout too) carries every service's state and log tail."""
     outcome = yield
     report = outcome.get_result()
     stack = item.funcargs.get("stack") if hasattr(item, "funcargs") else None
-    if report.failed and call.when == "call" and stack is not None:
-        report.sections.append(("compose services", stack.report()))
+    if report.failed and call.when in ("setup", "call") and stack is not None:
+        try:
+            report.sections.append(("compose services", stack.report()))
+        except Exception as e:  # the report must not hide the failure it explains
+            report.sections.append(("compose services", f"no report: {e!r}"))
+
+
+# The time budget: how long each phase of the run took (scripts/test adds lint and build).
+PHASES = {}
+MODULE_TIMES = collections.defaultdict(float)
+# Figures a test measured (e.g. the database's connection peak), printed at the end of the run.
+FIGURES = {}
+
+
+@pytest.fixture
+def figure(request):
+    """figure(text): a measured figure, shown under the test's name at the end of the run."""
+    return lambda text: FIGURES.__setitem__(request.node.nodeid, text)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item):
+    started = time.monotonic()
+    yield
+    MODULE_TIMES[item.nodeid.split("::")[0]] += time.monotonic() - started
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not MODULE_TIMES:
+        return
+    terminalreporter.section("time per phase (a module's time includes the fixtures it starts)")
+    for name, seconds in [*PHASES.items(), *MODULE_TIMES.items()]:
+        terminalreporter.write_line(f"{seconds:8.0f} s  {name}")
+    if FIGURES:
+        terminalreporter.section("measured")
+        for test, text in FIGURES.items():
+            terminalreporter.write_line(f"{test}: {text}")

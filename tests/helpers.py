@@ -23,6 +23,22 @@ def docker(command):
                           check=True).stdout
 
 
+def wait_for(check, timeout, what, pause=2.0):
+    """Until check() is true; a check that raises counts as not yet (services still starting).
+    The timeout's message shows check()'s last answer or error."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return
+        except Exception as e:
+            last = e
+        time.sleep(pause)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f}s (last: {last!r})")
+
+
 def create_user(admin, url):
     """A fresh ordinary user, created through the API, and a client holding its API key."""
     name = f"u{uuid.uuid4().hex[:10]}"
@@ -75,4 +91,4 @@ def slurm_accounting(stack):
     job once per run): [{"id", "name", "state", "node"}]. Galaxy names its jobs g<job id>_<tool>."""
     out = stack.exec("slurmctld", "sacct -X -D -n -P -a -S now-1days -o JobID,JobName,State,NodeList")
     keys = ("id", "name", "state", "node")
-    return [dict(zip(keys, line.split("|"))) for line in out.splitlines() if line.strip()]
+    return [dict(zip(keys, line.split("|"), strict=True)) for line in out.splitlines() if line.strip()]

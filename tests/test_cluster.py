@@ -1,6 +1,7 @@
 """The Slurm side: per-tool destinations (TPV), compute nodes that scale, accounting that tells
 why a job ended, jobs that survive restarts, and the switch to a site's own cluster."""
 import base64
+import json
 import os
 import re
 import shutil
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import JOB_WAIT, run_and_wait, slurm_accounting, upload, wait_for_job
+from helpers import JOB_WAIT, run_and_wait, slurm_accounting, upload, wait_for, wait_for_job
 
 ROOT = Path(__file__).resolve().parent.parent
 # A tool of the site's own (config/galaxy.yml: local tools), added the way an admin would: it
@@ -37,6 +38,14 @@ LOCAL_TOOL_CONF = """<?xml version="1.0"?>
 """
 
 
+pytestmark = pytest.mark.timeout(420)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_of_each(stack):
+    stack.scale(web=1, runner=1, node=1)
+
+
 def write_file(stack, path, text):
     encoded = base64.b64encode(text.encode()).decode()
     stack.exec("web", f"sh -c 'echo {encoded} | base64 -d > {path}'")
@@ -55,6 +64,12 @@ def sleep_tool(stack, admin, user):
     while stack.compose("logs --no-color runner").count(loaded) <= reloads:
         assert time.monotonic() < deadline, "the handler did not reload its toolbox"
         time.sleep(2)
+    # Each web replica reloads on its own, a little later or sooner than the handler.
+    for index in range(1, stack.replicas("web") + 1):
+        wait_for(lambda i=index: stack.exec("web", "curl -fs -o /dev/null -H "
+                                            f"'x-api-key: {admin.key}' "
+                                            "http://localhost:8080/api/tools/sg_sleep", index=i)
+                 is not None, 120, f"sg_sleep in web replica {index}")
     assert user.tools.show_tool("sg_sleep")["id"] == "sg_sleep"
     return "sg_sleep"
 
@@ -92,12 +107,8 @@ def test_uploads_run_in_the_handler_and_tools_on_slurm(stack, admin, user):
 
 
 def test_nodes_scale_and_leave_cleanly(stack, user, sleep_tool):
-    stack.compose("up -d --scale node=2")
-    stack.wait_healthy()
-    deadline = time.monotonic() + 120
-    while set(stack.exec("slurmctld", "sinfo -h -N -o %N").split()) != {"node_1", "node_2"}:
-        assert time.monotonic() < deadline, stack.exec("slurmctld", "sinfo -N")
-        time.sleep(3)
+    stack.scale(node=2)
+    assert stack.exec("slurmctld", "sinfo -h -N -o %N").split() == ["node_1", "node_2"]
     history = user.histories.create_history("two nodes")
     # Four 20-second jobs on two 2-core nodes: both nodes must take some.
     jobs = [wait_for_job(user, job_id) for job_id in sleep_jobs(user, history["id"], 20, 4)]
@@ -138,17 +149,45 @@ def test_jobs_survive_a_restart(stack, admin, user, sleep_tool, service):
     assert all(len(r) == 1 and r[0]["state"] == "COMPLETED" for r in runs.values()), runs
 
 
+@pytest.mark.timeout(600)
 def test_job_on_a_killed_node_is_requeued_and_completes(stack, admin, user, sleep_tool):
+    stack.scale(node=2)
     history = user.histories.create_history("node killed")
-    job_id = sleep_jobs(user, history["id"], 20, 1)[0]
+    job_id = sleep_jobs(user, history["id"], 40, 1)[0]
     wait_until_on_slurm(admin, [job_id])
-    stack.docker(f"kill {stack.compose('ps -q node').split()[0]}")
-    stack.compose("up -d")  # the node comes back under its name (or use another node)
-    # Slurm requeues a job whose node died and runs it again; it is never left "running".
-    job = wait_for_job(user, job_id)
-    runs = slurm_runs(stack, admin, [job_id])[job_id]
-    assert job["state"] == "ok", job
-    assert len(runs) == 2 and runs[-1]["state"] == "COMPLETED", runs
+    external = admin.jobs.show_job(job_id, full_details=True)["external_id"]
+    record = stack.exec("slurmctld", f"scontrol show job {external}")
+    node = re.search(r"\bNodeList=(node_\d+)", record).group(1)
+    # The node dies and stays dead: Slurm must notice by itself (SlurmdTimeout), mark it down,
+    # and requeue its job onto the other node.
+    stack.docker(f"kill {container_of(stack, 'node', int(node.split('_')[1]))}")
+    try:
+        states = []  # what Slurm said of the node meanwhile
+
+        def declared_down():
+            states.append(stack.exec("slurmctld", f"sinfo -h -n {node} -o %T").strip())
+            return states[-1].startswith("down")
+        try:
+            wait_for(declared_down, 180, f"Slurm declaring {node} down")
+        except TimeoutError as e:
+            raise AssertionError(f"{e}; its states meanwhile: {sorted(set(states))}") from e
+        job = wait_for_job(user, job_id)
+        runs = slurm_runs(stack, admin, [job_id])[job_id]
+        assert job["state"] == "ok", job
+        assert len(runs) == 2, runs
+        assert runs[0]["node"] == node and runs[0]["state"] == "NODE_FAIL", runs
+        assert runs[1]["node"] != node and runs[1]["state"] == "COMPLETED", runs
+        assert "down" in stack.exec("slurmctld", f"sinfo -h -n {node} -o %T")
+    finally:
+        stack.scale(node=2)  # the killed node comes back and registers again
+
+
+def container_of(stack, service, index):
+    """The container id of replica `index` of `service`."""
+    ids = stack.compose(f"ps -q {service}").split()
+    containers = json.loads(stack.docker(f"inspect {' '.join(ids)}"))
+    return next(c["Id"] for c in containers
+                if c["Config"]["Labels"]["com.docker.compose.container-number"] == str(index))
 
 
 def wait_until_on_slurm(admin, job_ids, maxwait=JOB_WAIT):

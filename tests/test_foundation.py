@@ -1,12 +1,19 @@
 """End to end through nginx: users, histories, uploads, a job on a Slurm node, downloads,
-failures, persistence across `down` + `up`."""
+dataset permissions, workflows, failures, persistence across `down` + `up`."""
 import re
 
 import pytest
 import requests
 from bioblend import ConnectionError as GalaxyError
 
-from helpers import JOB_WAIT, upload
+from helpers import JOB_WAIT, upload, wait_for_job
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_of_each(stack):
+    stack.scale(web=1, runner=1, node=1)
 
 
 def test_galaxy_answers_through_nginx(stack):
@@ -17,17 +24,24 @@ def test_galaxy_answers_through_nginx(stack):
     assert stack.published_services() == {"nginx"}
 
 
-def test_forwarded_headers_come_from_nginx_not_the_client(stack, user):
-    # Galaxy builds absolute URLs (here: a TUS upload's Location) from X-Forwarded-Host; nginx
-    # must overwrite what a client sends, or anyone could make Galaxy point links elsewhere.
-    r = requests.post(f"{stack.url}/api/upload/resumable_upload/",
-                      headers={"Tus-Resumable": "1.0.0", "Upload-Length": "5",
-                               "x-api-key": user.key, "X-Forwarded-Host": "evil.example"},
-                      timeout=10)
-    location = r.headers.get("Location", "")
-    assert location, (r.status_code, r.text)
-    assert "evil.example" not in location
-    assert location.startswith(stack.url), location
+def test_absolute_urls_come_from_galaxy_url_not_the_client(stack, user):
+    # Galaxy builds absolute URLs (here: a TUS upload's Location) from Host and X-Forwarded-*;
+    # nginx sets them from GALAXY_URL, or anyone could make Galaxy point links elsewhere.
+    tus = f"{stack.url}/api/upload/resumable_upload/"
+    headers = {"Tus-Resumable": "1.0.0", "Upload-Length": "5", "x-api-key": user.key}
+    spoofed = {"X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "https",
+               "X-Forwarded-Port": "8443", "Forwarded": "host=evil.example;proto=https"}
+    r = requests.post(tus, headers={**headers, **spoofed}, timeout=10)
+    assert r.status_code == 201, r.text
+    assert r.headers["Location"].startswith(f"{stack.url}/api/upload/resumable_upload/")
+    # A forged Host never reaches Galaxy: nginx answers for GALAXY_URL's host name only.
+    r = requests.post(tus, headers={**headers, "Host": "evil.example"}, timeout=10,
+                      allow_redirects=False)
+    assert r.status_code == 421, (r.status_code, r.headers)
+    assert "GALAXY_URL" in r.json()["err_msg"] and "Location" not in r.headers
+    r = requests.get(f"{stack.url}/login", headers={"Host": "evil.example"}, timeout=10,
+                     allow_redirects=False)
+    assert r.status_code == 421
 
 
 def test_upload_run_on_slurm_and_download(stack, admin, user):
@@ -79,13 +93,68 @@ def test_failing_tool_ends_in_error_with_stderr(stack, user):
     assert "IndexError" in details["tool_stderr"]
 
 
-def test_user_cannot_read_another_users_dataset(user, other_user):
-    history = user.histories.create_history("private")
+def set_permissions(gi, dataset_id, **payload):
+    """The dataset permission actions of Galaxy's UI (make private, remove restrictions, set)."""
+    return requests.put(f"{gi.url}/datasets/{dataset_id}/permissions", json=payload,
+                        headers={"x-api-key": gi.key}, timeout=30)
+
+
+def test_dataset_permissions_work_as_in_galaxy(stack, admin, user, other_user):
+    history = user.histories.create_history("permissions")
     source = upload(user, history["id"], "private\n")
-    with pytest.raises(GalaxyError):
+    # Galaxy's default: whoever holds a new dataset's id may read it.
+    assert other_user.datasets.download_dataset(source["id"]) == b"private\n"
+    # The owner makes it private: another user gets exactly 403 (not an error of any kind).
+    r = set_permissions(user, source["id"], action="make_private")
+    assert r.status_code == 200, r.text
+    with pytest.raises(GalaxyError) as refused:
         other_user.datasets.download_dataset(source["id"])
+    assert refused.value.status_code == 403
+    # The owner lifts it again; an admin can too, through the generic action.
+    r = set_permissions(user, source["id"], action="remove_restrictions")
+    assert r.status_code == 200, r.text
+    assert other_user.datasets.download_dataset(source["id"]) == b"private\n"
+    roles = set_permissions(user, source["id"], action="make_private").json()
+    r = set_permissions(admin, source["id"], action="set_permissions", access=[],
+                        manage=[role_id for _, role_id in roles["manage_dataset_roles"]],
+                        modify=[role_id for _, role_id in roles["modify_item_roles"]])
+    assert r.status_code == 200, r.text
+    assert other_user.datasets.download_dataset(source["id"]) == b"private\n"
 
 
+# One cat1 step on one input, as Galaxy's workflow editor exports it.
+WORKFLOW = {
+    "a_galaxy_workflow": "true", "format-version": "0.1", "name": "one step", "annotation": "",
+    "steps": {
+        "0": {"id": 0, "type": "data_input", "label": "input", "tool_id": None, "annotation": "",
+              "input_connections": {}, "inputs": [{"name": "input", "description": ""}],
+              "outputs": [], "position": {"left": 0, "top": 0}, "tool_state": "{}"},
+        "1": {"id": 1, "type": "tool", "tool_id": "cat1", "tool_version": "1.0.0", "annotation": "",
+              "input_connections": {"input1": {"id": 0, "output_name": "output"}},
+              "inputs": [], "outputs": [{"name": "out_file1", "type": "input"}],
+              "position": {"left": 200, "top": 0}, "tool_state": "{}"},
+    },
+}
+
+
+def test_invocation_jobs_are_listed_as_on_galaxy_alone(stack, user):
+    history = user.histories.create_history("workflow")
+    source = upload(user, history["id"], "a\tb\n", "tabular")
+    stored = user.workflows.import_workflow_dict(WORKFLOW)
+    # An edit makes a new version: the invocation names the version it ran, /api/jobs filters by
+    # the stored workflow (Galaxy's own semantics; ids of the two differ from here on).
+    user.workflows.update_workflow(stored["id"], workflow={**WORKFLOW, "annotation": "edited"})
+    invocation = user.workflows.invoke_workflow(
+        stored["id"], inputs={"0": {"src": "hda", "id": source["id"]}}, history_id=history["id"])
+    user.invocations.wait_for_invocation(invocation["id"], maxwait=120)
+    by_invocation = user.jobs.get_jobs(invocation_id=invocation["id"])
+    by_workflow = user.jobs.get_jobs(workflow_id=stored["id"])
+    assert len(by_invocation) == 1 and by_invocation[0]["tool_id"] == "cat1", by_invocation
+    assert [j["id"] for j in by_workflow] == [by_invocation[0]["id"]]
+    assert wait_for_job(user, by_invocation[0]["id"])["state"] == "ok"
+
+
+@pytest.mark.timeout(600)
 def test_data_survives_down_and_up(stack, user):
     """Last in this module on purpose: it restarts the whole stack (volumes kept)."""
     history = user.histories.create_history("persistent")

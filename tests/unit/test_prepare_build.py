@@ -31,7 +31,3 @@ def test_current_wheelhouse_is_not_rebuilt(prepare, monkeypatch, tmp_path):
     prepare.ensure_wheelhouse()
     assert len(calls) == 2  # changed pins: rebuilt
 
-
-def test_requirements_pin_the_galaxy_release_that_installs(root):
-    pins = (root / "requirements-galaxy.txt").read_text()
-    assert "galaxy==26.1.1" in pins and "galaxy-web-client==26.1.1" in pins
