@@ -14,22 +14,34 @@ ARG BASE_IMAGE=debian:bookworm-slim
 # venv costs minutes on some storage drivers, and a Galaxy or config change never re-runs apt.
 # Debian's Python, and Slurm + munge for the runner image's roles (18 MB).
 FROM ${BASE_IMAGE} AS python
-# One fixed uid/gid in every image: files on the shared volume must mean the same owner everywhere.
+# Fixed uids/gids in every image: files on the shared volumes must mean the same owner everywhere.
+#   galaxy      Galaxy's processes: own its secrets, configuration, caches and datasets
+#   galaxy-job  tool jobs on the Slurm nodes: read their inputs, write only their job directory
+#   munge       munged (its key is the cluster's root of trust); created before the package,
+#               which keeps an existing munge user
 ARG GALAXY_UID=1450
 ARG GALAXY_GID=1450
-RUN apt-get update \
+ARG JOB_UID=1451
+ARG MUNGE_UID=1452
+RUN groupadd -g ${GALAXY_GID} galaxy \
+ && useradd -u ${GALAXY_UID} -g galaxy -m -d /home/galaxy -s /bin/bash galaxy \
+ && groupadd -g ${JOB_UID} galaxy-job \
+ && useradd -u ${JOB_UID} -g galaxy-job -M -d /nonexistent -s /usr/sbin/nologin galaxy-job \
+ # Galaxy cleans up job directories: what a job creates there is group galaxy-job, group-writable.
+ && usermod -a -G galaxy-job galaxy \
+ && groupadd -g ${MUNGE_UID} munge \
+ && useradd -u ${MUNGE_UID} -g munge -M -d /nonexistent -s /usr/sbin/nologin munge \
+ && apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates curl \
-        bzip2 unzip zip xz-utils procps \
+        bzip2 unzip zip xz-utils procps sudo \
         slurmctld slurmd slurm-client slurmdbd munge \
  && rm -rf /var/lib/apt/lists/* \
  # The package makes a munge key; keys are made per deployment by the init service instead.
  && rm -f /etc/munge/munge.key \
  # PMIx plugins need a library Debian doesn't install with slurmd; we run no MPI jobs.
  && find /usr/lib -path '*slurm*' -name 'mpi_pmix*.so' -delete \
- && groupadd -g ${GALAXY_GID} galaxy \
- && useradd -u ${GALAXY_UID} -g galaxy -m -d /home/galaxy -s /bin/bash galaxy \
  && install -d -o galaxy -g galaxy /srv/galaxy /var/lib/galaxy-secrets \
-        /run/munge /var/log/munge /var/lib/munge /etc/munge \
+ && install -d -o munge -g munge /run/munge \
  && install -d -o slurm -g slurm /var/spool/slurmctld /run/slurm \
  && install -d /var/spool/slurmd
 
@@ -81,6 +93,9 @@ COPY docker/entrypoint.py docker/settings.py docker/cluster.py /usr/local/lib/ga
 FROM web AS runner
 LABEL io.scalable-galaxy.image=runner
 COPY config/slurm.conf config/cgroup.conf /etc/slurm/
+# The job handler runs sbatch, squeue, scancel and sacct as galaxy-job through these (sudo).
+COPY docker/slurm-as-job-user/ /usr/local/lib/galaxy-entrypoint/slurm-as-job-user/
+COPY config/sudoers /etc/sudoers.d/galaxy-jobs
 # Each role's health is checked by compose.yml; the web image's HTTP check means nothing here.
 HEALTHCHECK NONE
 CMD ["handler"]

@@ -11,26 +11,37 @@ import time
 from settings import MUNGE_KEY, fail, log, read_secret, replica_name, setting
 
 SLURMDBD_CONF = "/etc/slurm/slurmdbd.conf"
-SITE_MUNGE_KEY = "/run/munge/site-munge.key"
+MUNGE_RUN_DIR = "/run/munge"
+SITE_MUNGE_KEY = os.path.join(MUNGE_RUN_DIR, "site-munge.key")
+MUNGE_SOCKET = os.path.join(MUNGE_RUN_DIR, "munge.socket.2")
+SLURM_AS_JOB_USER = "/usr/local/lib/galaxy-entrypoint/slurm-as-job-user"
 
 
-def start_munged(key=MUNGE_KEY):
-    """munged in the background, as the galaxy user (the key's owner); Slurm's commands use it."""
+def start_munged(key=MUNGE_KEY, private=False):
+    """munged in the background as the munge user, the key's owner (the role starts as root).
+
+    private: only root (slurmd, slurmstepd) may ask it for credentials, as on a compute node,
+    where jobs must not talk to Slurm: a credential would let a job submit or cancel jobs."""
+    if os.getuid() != 0:
+        fail("the Slurm roles start as root (compose: user: root) to run munged as munge")
     if not os.path.exists(key):
         fail(f"munge key {key} is missing: the init service creates it")
-    munged = ["munged", f"--key-file={key}", "--num-threads=4"]
-    if os.getuid() == 0:  # slurmctld, slurmdbd, node: munged stays unprivileged
-        munged = ["setpriv", "--reuid=galaxy", "--regid=galaxy", "--init-groups", *munged]
-    subprocess.run(munged, check=True)
+    subprocess.run(["setpriv", "--reuid=munge", "--regid=munge", "--init-groups",
+                    "munged", f"--key-file={key}", "--num-threads=4"], check=True)
+    if private:
+        # munged insists that its folder is open to all; the socket itself need not be.
+        os.chmod(MUNGE_SOCKET, 0o700)
 
 
 def connect_to_cluster():
     """The handler talks to the bundled cluster, or to a site's own when SLURM_CONF names its
-    slurm.conf (Slurm's own variable) and MUNGE_KEY_FILE its munge key."""
+    slurm.conf (Slurm's own variable) and MUNGE_KEY_FILE its munge key. Galaxy's Slurm commands
+    run as galaxy-job (docker/slurm-as-job-user, first in PATH)."""
     # Galaxy's Slurm plugin polls `squeue` and takes a job that left its list for a success (it
     # never reads sacct's answer). Listing finished jobs too (Slurm keeps them MinJobAge) lets it
     # see TIMEOUT, FAILED or NODE_FAIL, and then ask sacct why.
     os.environ["SQUEUE_STATES"] = "all"
+    os.environ["PATH"] = f"{SLURM_AS_JOB_USER}:{os.environ['PATH']}"
     conf = os.environ.get("SLURM_CONF")
     if not conf:
         start_munged()
@@ -38,17 +49,18 @@ def connect_to_cluster():
     key = setting("MUNGE_KEY_FILE", form="the path of the site cluster's munge key")
     for path in (conf, key):
         if not os.access(path, os.R_OK):
-            fail(f"{path} is missing or not readable by uid {os.getuid()}: the site's Slurm "
-                 "cluster needs its slurm.conf and munge key there (see README, external cluster)")
+            fail(f"{path} is missing or not readable: the site's Slurm cluster needs its "
+                 "slurm.conf and munge key there (see README, external cluster)")
     # munged insists on a private key owned by the user it runs as: use a copy of ours.
     shutil.copyfile(key, SITE_MUNGE_KEY)
+    shutil.chown(SITE_MUNGE_KEY, "munge", "munge")
     os.chmod(SITE_MUNGE_KEY, 0o400)
     start_munged(SITE_MUNGE_KEY)
     log(f"submitting to the site's Slurm cluster ({conf})")
 
 
 def role_slurmctld():
-    # Started as root only so munged can run as the key's owner; slurmctld drops to SlurmUser.
+    # slurmctld drops to SlurmUser (slurm) by itself.
     start_munged()
     os.execvp("slurmctld", ["slurmctld", "-D", "-i"])
 
@@ -80,7 +92,7 @@ def scontrol(*args):
 def role_node():
     """A compute node: registers itself with slurmctld (dynamic node) under its replica's name,
     and on `docker compose stop` or scale-down leaves the cluster cleanly."""
-    start_munged()
+    start_munged(private=True)
     name = replica_name("node")
     cpus = setting("SLURM_NODE_CPUS", str(os.cpu_count()), r"[1-9]\d*", "a number of cores")
     memory = setting("SLURM_NODE_MEMORY_MB", "2048", r"[1-9]\d*", "MiB, a whole number")

@@ -15,6 +15,7 @@ cluster.py, what all roles share in settings.py.
 """
 import os
 import secrets
+import subprocess
 import sys
 
 import cluster
@@ -22,6 +23,9 @@ from settings import (DATA_DIR, MUNGE_KEY, SECRET_FILES, SECRETS_DIR, ensure_loc
                       log, read_secret, replica_name, setting, write_once)
 
 GALAXY_CONFIG = "/etc/galaxy/galaxy.yml"
+# Where the init role mounts the jobs volume (elsewhere it is /srv/galaxy/jobs, over the data
+# volume's jobs folder, which init must still see to move an older deployment's job directories).
+JOBS_VOLUME = "/srv/galaxy-jobs"
 
 
 def stack_environment():
@@ -84,31 +88,67 @@ def role_web():
 
 
 def role_init():
-    """Create this deployment's secrets once and give the volumes to the galaxy user."""
+    """Create this deployment's secrets once, give each volume to the user that writes it, and
+    bring a deployment made by an earlier version into this layout (nothing is lost)."""
     if os.getuid() != 0:
         fail("the init role runs as root (compose.yml: user: root) to set volume ownership")
     import pwd
-    galaxy = pwd.getpwnam("galaxy")
-    for path in (SECRETS_DIR, DATA_DIR):
+    galaxy, munge = pwd.getpwnam("galaxy"), pwd.getpwnam("munge")
+    for path in (SECRETS_DIR, DATA_DIR, JOBS_VOLUME):
         os.makedirs(path, exist_ok=True)
         os.chown(path, galaxy.pw_uid, galaxy.pw_gid)
     os.chmod(SECRETS_DIR, 0o750)
     generated = [name for name, make in SECRET_FILES.items()
                  if write_once(os.path.join(SECRETS_DIR, name), make() + "\n", 0o440)]
-    # munged wants a private key of at least 32 bytes, owned by the user it runs as.
-    if write_once(MUNGE_KEY, secrets.token_bytes(1024)):
-        generated.append("munge.key")
-    for name in list(SECRET_FILES) + ["munge.key"]:
+    for name in SECRET_FILES:
         os.chown(os.path.join(SECRETS_DIR, name), galaxy.pw_uid, galaxy.pw_gid)
+    if init_munge_key(munge):
+        generated.append("munge.key")
     # The shared volume's top level only: a recursive chown of a large data volume takes hours.
     for sub in ("objects", "tmp", "jobs", "tus", "config", "tool-data", "dependencies"):
         path = os.path.join(DATA_DIR, sub)
         os.makedirs(path, exist_ok=True)
         os.chown(path, galaxy.pw_uid, galaxy.pw_gid)
+    move_job_directories()
     local_tools = ensure_local_tool_conf()
     for path in (local_tools, os.path.join(os.path.dirname(local_tools), "local_tool_conf.xml")):
         os.chown(path, galaxy.pw_uid, galaxy.pw_gid)
     log(f"secrets: generated {', '.join(generated)}" if generated else "secrets: all present")
+
+
+def init_munge_key(munge):
+    """The cluster's munge key, in its own volume, readable by the munge user only. Earlier
+    versions kept it next to Galaxy's secrets: that key moves here (running jobs keep working)."""
+    old = os.path.join(SECRETS_DIR, "munge.key")
+    generated = False
+    if os.path.exists(old) and not os.path.exists(MUNGE_KEY):
+        with open(old, "rb") as f:
+            write_once(MUNGE_KEY, f.read())
+        log(f"moved the munge key from {old} to {MUNGE_KEY}")
+    else:
+        # munged wants a private key of at least 32 bytes, owned by the user it runs as.
+        generated = write_once(MUNGE_KEY, secrets.token_bytes(1024))
+    if os.path.exists(old):
+        os.remove(old)
+    for path, mode in ((os.path.dirname(MUNGE_KEY), 0o700), (MUNGE_KEY, 0o400)):
+        os.chown(path, munge.pw_uid, munge.pw_gid)
+        os.chmod(path, mode)
+    return generated
+
+
+def move_job_directories():
+    """Job directories have their own volume (JOBS_VOLUME here, /srv/galaxy/jobs in the other
+    roles): what jobs write is kept apart from datasets. Earlier versions kept them in the data
+    volume; those (e.g. failed jobs' directories kept for inspection) move over, as they are."""
+    old = os.path.join(DATA_DIR, "jobs")
+    for entry in sorted(os.listdir(old)):
+        target = os.path.join(JOBS_VOLUME, entry)
+        if os.path.exists(target):
+            fail(f"both {old}/{entry} and the jobs volume's {entry} exist; move one away")
+        # cp -a keeps owners and modes; then the old copy goes.
+        subprocess.run(["cp", "-a", os.path.join(old, entry), target], check=True)
+        subprocess.run(["rm", "-rf", os.path.join(old, entry)], check=True)
+        log(f"moved job directories {old}/{entry} to the jobs volume")
 
 
 def role_migrate():
@@ -123,10 +163,14 @@ def role_migrate():
 
 
 def role_handler():
+    """A job handler. Starts as root only to run munged as the munge user, then runs Galaxy as
+    galaxy; its Slurm commands run as galaxy-job (cluster.connect_to_cluster)."""
     stack_environment()
     name = replica_name("handler")
     cluster.connect_to_cluster()
-    os.execvp("galaxy-main", [
+    os.environ.update(HOME="/home/galaxy", USER="galaxy", LOGNAME="galaxy")
+    os.execvp("setpriv", [
+        "setpriv", "--reuid=galaxy", "--regid=galaxy", "--init-groups",
         "galaxy-main", "-c", GALAXY_CONFIG, "--server-name", name,
         "--attach-to-pool", "job-handlers", "--attach-to-pool", "workflow-schedulers",
     ])

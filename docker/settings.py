@@ -8,7 +8,8 @@ import sys
 
 DATA_DIR = "/srv/galaxy"
 SECRETS_DIR = os.environ.get("GALAXY_SECRETS_DIR", "/var/lib/galaxy-secrets")
-MUNGE_KEY = os.path.join(SECRETS_DIR, "munge.key")
+# The cluster's key, in its own volume: the Slurm roles and the handler mount it, nothing else.
+MUNGE_KEY = "/etc/munge/munge.key"
 # Files the init role creates once per deployment; each is read by the roles that need it.
 SECRET_FILES = {
     "id_secret": lambda: secrets.token_hex(24),  # Galaxy's id cipher takes up to 56 chars
@@ -16,6 +17,11 @@ SECRET_FILES = {
     "admin_api_key": lambda: secrets.token_hex(16),
     "slurmdb_password": lambda: secrets.token_urlsafe(24),
 }
+
+
+def secret_paths():
+    """Every secret file the init role makes (tests/test_security.py tries to read each one)."""
+    return [os.path.join(SECRETS_DIR, name) for name in SECRET_FILES] + [MUNGE_KEY]
 
 
 def fail(msg):

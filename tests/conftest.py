@@ -26,8 +26,8 @@ from helpers import STACK_TIMEOUT, UPLOAD_LIMIT, create_user, docker, wait_for  
 
 # Modules in the order they change the stack: plain use first, then restarts, then scaling out.
 # Galaxy alone (test_standalone) runs before the stack is up.
-MODULE_ORDER = ["unit", "test_standalone", "test_foundation", "test_proxy", "test_cluster",
-                "test_scaling"]
+MODULE_ORDER = ["unit", "test_standalone", "test_foundation", "test_security", "test_proxy",
+                "test_cluster", "test_scaling"]
 
 
 def pytest_collection_modifyitems(items):

@@ -1,5 +1,6 @@
 """What the end-to-end tests share beyond fixtures: Galaxy calls through BioBlend or plain HTTP,
 and the docker CLI. Imported by name (conftest.py is not: tests/unit has one of its own)."""
+import base64
 import os
 import re
 import subprocess
@@ -88,7 +89,44 @@ def nginx_upstreams(stack, marker):
 
 def slurm_accounting(stack):
     """Slurm's own record of every job submitted today (sacct; finished jobs included, a requeued
-    job once per run): [{"id", "name", "state", "node"}]. Galaxy names its jobs g<job id>_<tool>."""
+    job once per run): [{"id", "name", "state", "node"}]. Slurm's job name is g<Galaxy's job id>."""
     out = stack.exec("slurmctld", "sacct -X -D -n -P -a -S now-1days -o JobID,JobName,State,NodeList")
     keys = ("id", "name", "state", "node")
     return [dict(zip(keys, line.split("|"), strict=True)) for line in out.splitlines() if line.strip()]
+
+
+def write_file(stack, path, text):
+    """Write `text` to `path` in the web container, as Galaxy's user."""
+    encoded = base64.b64encode(text.encode()).decode()
+    stack.exec("web", f"sh -c 'echo {encoded} | base64 -d > {path}'")
+
+
+SITE_TOOLS = "/srv/galaxy/config/local_tools"
+
+
+def install_site_tool(stack, admin, tool_id, files):
+    """A tool of the site's own (config/galaxy.yml: local tools), added the way an admin would:
+    `files` (name: text, `<tool_id>.xml` among them) in the site's tool folder, the tool listed
+    in local_tool_conf.xml (replacing what it listed), and the toolbox reloaded. Returns once
+    every handler and web replica has it."""
+    for name, text in files.items():
+        write_file(stack, f"{SITE_TOOLS}/{name}", text)
+    write_file(stack, "/srv/galaxy/config/local_tool_conf.xml", f"""<?xml version="1.0"?>
+<toolbox tool_path="{SITE_TOOLS}">
+    <section id="site_tools" name="Site tools">
+        <tool file="{tool_id}.xml"/>
+    </section>
+</toolbox>
+""")
+    # A handler queues a search index rebuild once it has (re)loaded its toolbox.
+    loaded = "Queuing async task rebuild_toolbox_search_index for handler_"
+    reloads = stack.compose("logs --no-color runner").count(loaded)
+    admin.make_put_request(f"{admin.url}/configuration/toolbox")
+    wait_for(lambda: stack.compose("logs --no-color runner").count(loaded) > reloads, 120,
+             f"{tool_id} in the handler")
+    # Each web replica reloads on its own, a little later or sooner than the handler.
+    for index in range(1, stack.replicas("web") + 1):
+        wait_for(lambda i=index: stack.exec("web", "curl -fs -o /dev/null -H "
+                                            f"'x-api-key: {admin.key}' "
+                                            f"http://localhost:8080/api/tools/{tool_id}", index=i)
+                 is not None, 120, f"{tool_id} in web replica {index}")

@@ -4,17 +4,17 @@ import base64
 import json
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 
-from helpers import JOB_WAIT, run_and_wait, slurm_accounting, upload, wait_for, wait_for_job
+from helpers import (JOB_WAIT, install_site_tool, run_and_wait, slurm_accounting, upload,
+                     wait_for_job)
 
 ROOT = Path(__file__).resolve().parent.parent
-# A tool of the site's own (config/galaxy.yml: local tools), added the way an admin would: it
-# sleeps, then writes the host it ran on. Its timelimit (seconds) becomes Slurm's time limit.
+# A tool of the site's own (helpers.install_site_tool): it sleeps, then writes the host it ran
+# on. Its timelimit (seconds) becomes Slurm's time limit.
 SLEEP_TOOL = """<tool id="sg_sleep" name="Sleep" version="1.0.0" profile="22.05">
     <description>then write the host it ran on</description>
     <requirements>
@@ -29,15 +29,6 @@ SLEEP_TOOL = """<tool id="sg_sleep" name="Sleep" version="1.0.0" profile="22.05"
     </outputs>
 </tool>
 """
-LOCAL_TOOL_CONF = """<?xml version="1.0"?>
-<toolbox tool_path="/srv/galaxy/config/local_tools">
-    <section id="site_tools" name="Site tools">
-        <tool file="sg_sleep.xml"/>
-    </section>
-</toolbox>
-"""
-
-
 pytestmark = pytest.mark.timeout(420)
 
 
@@ -46,30 +37,10 @@ def one_of_each(stack):
     stack.scale(web=1, runner=1, node=1)
 
 
-def write_file(stack, path, text):
-    encoded = base64.b64encode(text.encode()).decode()
-    stack.exec("web", f"sh -c 'echo {encoded} | base64 -d > {path}'")
-
-
 @pytest.fixture(scope="module")
 def sleep_tool(stack, admin, user):
-    """sg_sleep in every web process and handler (Galaxy's toolbox reload reaches them all)."""
-    write_file(stack, "/srv/galaxy/config/local_tools/sg_sleep.xml", SLEEP_TOOL)
-    write_file(stack, "/srv/galaxy/config/local_tool_conf.xml", LOCAL_TOOL_CONF)
-    # A process queues a search index rebuild once it has (re)loaded its toolbox.
-    loaded = "Queuing async task rebuild_toolbox_search_index for handler_"
-    reloads = stack.compose("logs --no-color runner").count(loaded)
-    admin.make_put_request(f"{admin.url}/configuration/toolbox")
-    deadline = time.monotonic() + 120
-    while stack.compose("logs --no-color runner").count(loaded) <= reloads:
-        assert time.monotonic() < deadline, "the handler did not reload its toolbox"
-        time.sleep(2)
-    # Each web replica reloads on its own, a little later or sooner than the handler.
-    for index in range(1, stack.replicas("web") + 1):
-        wait_for(lambda i=index: stack.exec("web", "curl -fs -o /dev/null -H "
-                                            f"'x-api-key: {admin.key}' "
-                                            "http://localhost:8080/api/tools/sg_sleep", index=i)
-                 is not None, 120, f"sg_sleep in web replica {index}")
+    """sg_sleep in every web process and handler."""
+    install_site_tool(stack, admin, "sg_sleep", {"sg_sleep.xml": SLEEP_TOOL})
     assert user.tools.show_tool("sg_sleep")["id"] == "sg_sleep"
     return "sg_sleep"
 
@@ -199,10 +170,8 @@ def test_handler_can_use_a_sites_own_cluster(stack, user, tmp_path):
     site = tmp_path / "slurm-site"
     site.mkdir()
     (site / "slurm.conf").write_text(stack.exec("slurmctld", "cat /etc/slurm/slurm.conf"))
-    key = base64.b64decode(stack.exec("slurmctld", "base64 -w0 /var/lib/galaxy-secrets/munge.key"))
+    key = base64.b64decode(stack.exec("slurmctld", "base64 -w0 /etc/munge/munge.key"))
     (site / "munge.key").write_bytes(key)
-    for path in (site, site / "slurm.conf", site / "munge.key"):
-        shutil.chown(path, 1450, 1450)
     # The stack's files plus the switch: the bundled controller stays up, as "the site's".
     os.environ["SLURM_SITE_DIR"] = str(site)
     try:
