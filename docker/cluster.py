@@ -1,6 +1,7 @@
 """The Slurm roles of the runner image (slurmctld, slurmdbd, node) and the handler's side of the
 cluster: munge authentication, the bundled cluster or a site's own."""
 import os
+import re
 import shutil
 import signal
 import socket
@@ -10,6 +11,7 @@ import time
 
 from settings import MUNGE_KEY, fail, log, read_secret, replica_name, setting
 
+BUNDLED_SLURM_CONF = "/etc/slurm/slurm.conf"
 SLURMDBD_CONF = "/etc/slurm/slurmdbd.conf"
 MUNGE_RUN_DIR = "/run/munge"
 SITE_MUNGE_KEY = os.path.join(MUNGE_RUN_DIR, "site-munge.key")
@@ -17,20 +19,46 @@ MUNGE_SOCKET = os.path.join(MUNGE_RUN_DIR, "munge.socket.2")
 SLURM_AS_JOB_USER = "/usr/local/lib/galaxy-entrypoint/slurm-as-job-user"
 
 
-def start_munged(key=MUNGE_KEY, private=False):
+def start_munged(key=MUNGE_KEY, private=False, peer=None):
     """munged in the background as the munge user, the key's owner (the role starts as root).
 
     private: only root (slurmd, slurmstepd) may ask it for credentials, as on a compute node,
-    where jobs must not talk to Slurm: a credential would let a job submit or cancel jobs."""
+    where jobs must not talk to Slurm: a credential would let a job submit or cancel jobs.
+    peer: the controller we submit jobs to. A credential carries its origin address, which
+    slurmctld looks up in DNS for a job's submit host; from a container on several networks
+    munged would pick any of its addresses, and a lookup of one slurmctld can't see takes longer
+    than Slurm's message timeout (sbatch: "Socket timed out"). So: our address on the network we
+    reach the controller by."""
     if os.getuid() != 0:
         fail("the Slurm roles start as root (compose: user: root) to run munged as munge")
     if not os.path.exists(key):
         fail(f"munge key {key} is missing: the init service creates it")
+    origin = [f"--origin={address_toward(peer)}"] if peer else []
     subprocess.run(["setpriv", "--reuid=munge", "--regid=munge", "--init-groups",
-                    "munged", f"--key-file={key}", "--num-threads=4"], check=True)
+                    "munged", f"--key-file={key}", "--num-threads=4", *origin], check=True)
     if private:
         # munged insists that its folder is open to all; the socket itself need not be.
         os.chmod(MUNGE_SOCKET, 0o700)
+
+
+def address_toward(host, port=6817):
+    """Our address on the network that reaches `host` (no packet is sent)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((host, port))
+            return s.getsockname()[0]
+    except OSError as e:
+        fail(f"cannot reach the Slurm host {host!r} ({e})")
+
+
+def controller_host(conf):
+    """The (first) controller a slurm.conf names: SlurmctldHost=name or name(address)."""
+    with open(conf) as f:
+        for line in f:
+            match = re.match(r"\s*SlurmctldHost\s*=\s*([^\s(#]+)(?:\(([^)]+)\))?", line, re.I)
+            if match:
+                return match.group(2) or match.group(1)
+    fail(f"{conf} names no SlurmctldHost")
 
 
 def connect_to_cluster():
@@ -44,7 +72,7 @@ def connect_to_cluster():
     os.environ["PATH"] = f"{SLURM_AS_JOB_USER}:{os.environ['PATH']}"
     conf = os.environ.get("SLURM_CONF")
     if not conf:
-        start_munged()
+        start_munged(peer=controller_host(BUNDLED_SLURM_CONF))
         return
     key = setting("MUNGE_KEY_FILE", form="the path of the site cluster's munge key")
     for path in (conf, key):
@@ -55,7 +83,7 @@ def connect_to_cluster():
     shutil.copyfile(key, SITE_MUNGE_KEY)
     shutil.chown(SITE_MUNGE_KEY, "munge", "munge")
     os.chmod(SITE_MUNGE_KEY, 0o400)
-    start_munged(SITE_MUNGE_KEY)
+    start_munged(SITE_MUNGE_KEY, peer=controller_host(conf))
     log(f"submitting to the site's Slurm cluster ({conf})")
 
 

@@ -63,12 +63,35 @@ def upload_limit():
     return int(value.rstrip("kmg")) * scale
 
 
+def public_subnet(route_table="/proc/net/route"):
+    """The subnet of the network that carries our default route. A web replica joins the public
+    network (nginx's; compose.yml: front) and the internal backend, and internal networks have
+    no gateway: so this is the public network, without pinning its address range."""
+    import ipaddress
+    with open(route_table) as f:
+        routes = [line.split() for line in f.readlines()[1:]]
+    # Columns: interface, destination, gateway, flags, refcnt, use, metric, mask (hex, host order).
+    default = next((r[0] for r in routes if r[1] == "00000000"), None)
+    link = next((r for r in routes if r[0] == default and r[1] != "00000000"
+                 and r[2] == "00000000"), None)
+    if not link:
+        fail("no default route, so no public network to trust forwarded headers from; set "
+             "GALAXY_TRUSTED_PROXIES to the proxy's address or subnet")
+    address, mask = (ipaddress.IPv4Address(int(h, 16).to_bytes(4, "little")) for h in (link[1], link[7]))
+    return str(ipaddress.IPv4Network(f"{address}/{mask}"))
+
+
 def role_web():
     workers = setting("GALAXY_WEB_WORKERS", "1", r"[1-9]\d*", "a positive whole number")
     timeout = setting("GALAXY_WEB_TIMEOUT", "300", r"[1-9]\d*", "seconds, a whole number")
     os.environ["GALAXY_CONFIG_OVERRIDE_MAXIMUM_UPLOAD_FILE_SIZE"] = str(upload_limit())
+    # Who may set X-Forwarded-*: GALAXY_TRUSTED_PROXIES (addresses or CIDRs, comma-separated);
+    # in the stack, the public network nginx shares with us; alone, gunicorn's default (127.0.0.1).
+    trusted = os.environ.get("GALAXY_TRUSTED_PROXIES")
     if os.environ.get("POSTGRES_HOST"):
         stack_environment()
+        trusted = trusted or public_subnet()
+        log(f"trusting X-Forwarded-* headers from {trusted}")
         os.environ["GALAXY_CONFIG_OVERRIDE_SERVER_NAME"] = replica_name("web")
         os.environ["GALAXY_CONFIG_OVERRIDE_ADMIN_USERS"] = setting("GALAXY_ADMIN_EMAIL")
         os.environ["GALAXY_CONFIG_OVERRIDE_BOOTSTRAP_ADMIN_API_KEY"] = read_secret("admin_api_key")
@@ -83,7 +106,7 @@ def role_web():
         "--bind", "0.0.0.0:8080", "--workers", workers, "--timeout", timeout,
         "--graceful-timeout", "30", "--preload", "--no-control-socket",
         # Only the proxy in front of us may tell us the client's scheme and address.
-        "--forwarded-allow-ips", os.environ.get("GALAXY_TRUSTED_PROXIES", "*"),
+        *(["--forwarded-allow-ips", trusted] if trusted else []),
     ])
 
 

@@ -97,13 +97,14 @@ class Stack:
         return {c["Config"]["Labels"]["com.docker.compose.service"] for c in json.loads(out)
                 if any(c["HostConfig"].get("PortBindings") or {})}
 
-    def addresses(self, service):
-        """The container addresses of every replica of `service`."""
+    def addresses(self, service, network):
+        """The addresses of every replica of `service` on `network` (compose's network name)."""
         ids = self.compose(f"ps -q {service}").split()
         out = subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True,
                              check=True).stdout
         return {net["IPAddress"] for c in json.loads(out)
-                for net in c["NetworkSettings"]["Networks"].values()}
+                for name, net in c["NetworkSettings"]["Networks"].items()
+                if name.endswith(f"_{network}")}
 
     def replicas(self, service):
         """How many replicas of `service` run."""

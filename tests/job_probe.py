@@ -60,9 +60,10 @@ def environments():
     return found
 
 
-def other_job_directories(own, seconds):
-    """Job directories that exist, or appear, within `seconds`: their group, and whether this job
-    could create a file in them."""
+def other_job_directories(own, seconds, handler_jobs_wanted):
+    """Job directories that exist, or appear, until `handler_jobs_wanted` directories of jobs the
+    handler runs (not group galaxy-job) were seen, or `seconds` passed: each one's group, and
+    whether this job could create a file in it."""
     seen = {}
     deadline = time.monotonic() + seconds
     while True:
@@ -74,7 +75,8 @@ def other_job_directories(own, seconds):
             except OSError:
                 continue  # already cleaned up
             seen[path] = {"group": group, "write": attempt(write, path)}
-        if time.monotonic() > deadline:
+        handler_jobs = sum(1 for r in seen.values() if r["group"] != "galaxy-job")
+        if time.monotonic() > deadline or handler_jobs >= handler_jobs_wanted > 0:
             return seen
         time.sleep(0.2)
 
@@ -91,7 +93,8 @@ def main(targets_path, output_path):
         "connect": {address: attempt(connect, address) for address in targets["connect"]},
         "commands": {name: run(command) for name, command in targets["commands"].items()},
         "environments": environments(),
-        "other_jobs": other_job_directories(own, targets["watch_seconds"]),
+        "other_jobs": other_job_directories(own, targets["watch_seconds"],
+                                            targets["handler_jobs_wanted"]),
     }
     with open(output_path, "w") as f:
         json.dump(report, f)

@@ -124,7 +124,8 @@ def test_jobs_survive_a_restart(stack, admin, user, sleep_tool, service):
 def test_job_on_a_killed_node_is_requeued_and_completes(stack, admin, user, sleep_tool):
     stack.scale(node=2)
     history = user.histories.create_history("node killed")
-    job_id = sleep_jobs(user, history["id"], 40, 1)[0]
+    # Short enough that a rerun (tool and metadata) fits sg_sleep's 60 s limit.
+    job_id = sleep_jobs(user, history["id"], 25, 1)[0]
     wait_until_on_slurm(admin, [job_id])
     external = admin.jobs.show_job(job_id, full_details=True)["external_id"]
     record = stack.exec("slurmctld", f"scontrol show job {external}")

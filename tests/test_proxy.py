@@ -216,7 +216,7 @@ def test_oversize_uploads_get_413_and_leave_nothing_behind(stack, user, tmp_path
 
 def connections_from_nginx(stack):
     """Per web replica: how many TCP connections nginx has open to its port 8080 right now."""
-    nginx_ips = stack.addresses("nginx")
+    nginx_ips = stack.addresses("nginx", "front")
     counts = []
     for index in range(1, stack.replicas("web") + 1):
         table = stack.exec("web", "cat /proc/net/tcp", index=index).splitlines()[1:]

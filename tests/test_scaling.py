@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(420)
 
 def test_scaled_web_replicas_all_serve_requests(stack):
     stack.scale(web=WEB_REPLICAS)
-    web_ips = stack.addresses("web")
+    web_ips = stack.addresses("web", "front")
     assert len(web_ips) == WEB_REPLICAS
     # Docker's DNS has the new replicas at once; nginx re-resolves every 5 s, without a reload.
     marker = f"spread-{uuid.uuid4().hex[:8]}"
@@ -40,7 +40,7 @@ def test_one_login_works_on_every_replica(stack, admin):
     for i in range(40):
         r = session.get(f"{stack.url}/api/users/current?{marker}={i}", timeout=30)
         assert r.json().get("email") == f"{name}@example.org", r.text
-    assert {a.split(":")[0] for a in nginx_upstreams(stack, marker)} == stack.addresses("web")
+    assert {a.split(":")[0] for a in nginx_upstreams(stack, marker)} == stack.addresses("web", "front")
 
 
 def test_tus_upload_in_chunks_across_replicas(stack, user):
@@ -106,7 +106,7 @@ def test_scaling_down_under_load_fails_no_request(stack, user):
     with Load(url, {"x-api-key": user.key}, clients=4) as load:
         wait_for(lambda: len(load.results) >= 50, 120, "load on four replicas", pause=0.5)
         stack.scale(web=2)  # gunicorn finishes what it has; nginx moves on
-        remaining = stack.addresses("web")
+        remaining = stack.addresses("web", "front")
         assert len(remaining) == 2
 
         def nginx_moved_on():  # its last 30 answers all came from the two remaining replicas
@@ -133,11 +133,11 @@ def test_jobs_are_shared_by_handlers_and_run_once(stack, admin, user):
     assert len(set(slurm_ids)) == JOBS
     records = slurm_accounting(stack)
     name_of = {r["id"]: r["name"] for r in records}
-    submissions = collections.Counter(r["name"] for r in records)  # name: g<Galaxy job id>_<tool>
+    submissions = collections.Counter(r["name"] for r in records)  # name: g<Galaxy job id>
     for slurm_id in slurm_ids:
         assert submissions[name_of[slurm_id]] == 1, (slurm_id, name_of[slurm_id])
     # Every handler took some: the handler column of Galaxy's job table (the API hides it).
-    galaxy_ids = [re.match(r"g(\d+)_", name_of[s]).group(1) for s in slurm_ids]
+    galaxy_ids = [re.fullmatch(r"g(\d+)", name_of[s]).group(1) for s in slurm_ids]
     query = f"select handler from job where id in ({','.join(galaxy_ids)})"
     rows = stack.exec("postgres", f'psql -U galaxy -d galaxy -At -c "{query}"').split()
     handlers = collections.Counter(rows)

@@ -1,11 +1,16 @@
 """An attacker's job: a site tool, run by an ordinary user on a Slurm node, tries to take the
 server over (tests/job_probe.py). Every attempt must fail, and the job itself still ends ok."""
+import io
 import json
+import stat
 import subprocess
+import tarfile
 import uuid
+import zipfile
 from pathlib import Path
 
 import pytest
+import requests
 
 from helpers import SITE_TOOLS, install_site_tool, upload, wait_for, wait_for_job
 
@@ -37,6 +42,26 @@ def probe_tool(stack, admin):
     install_site_tool(stack, admin, "sg_probe", {"sg_probe.xml": PROBE_TOOL, "sg_probe.py": probe})
 
 
+@pytest.fixture(scope="module")
+def archive_uploads(stack, user):
+    """The archives of test_an_archive_upload_cannot_reach_a_secret, uploaded at once (the
+    handler unpacks them in parallel), each into its own history: {case: history id}."""
+    started = {}
+    for case, (kind, members, _) in ARCHIVES.items():
+        history = user.histories.create_history(f"archive {case}")
+        r = requests.post(f"{stack.url}/api/tools/fetch", headers={"x-api-key": user.key},
+                          timeout=60, files={"files_0|file_data": (f"upload.{kind}",
+                                                                   archive(kind, members))},
+                          data={"history_id": history["id"], "targets": json.dumps([{
+                              "destination": {"type": "hdas"}, "items_from": "archive",
+                              "src": "files"}])})
+        assert r.ok, r.text
+        started[case] = (history["id"], r.json()["jobs"][0]["id"])
+    for _, job_id in started.values():
+        wait_for_job(user, job_id)
+    return {case: history_id for case, (history_id, _) in started.items()}
+
+
 def run_probe(gi, history_id, targets):
     """Start the probe with these targets; its Galaxy job id."""
     source = upload(gi, history_id, json.dumps(targets))
@@ -48,7 +73,8 @@ def wait_running(gi, job_id):
     wait_for(lambda: gi.jobs.show_job(job_id)["state"] == "running", 300, f"job {job_id} running")
 
 
-NOTHING = {"read": [], "write": [], "connect": [], "commands": {}, "watch_seconds": 0}
+NOTHING = {"read": [], "write": [], "connect": [], "commands": {}, "watch_seconds": 0,
+           "handler_jobs_wanted": 0}
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +90,8 @@ def attack(stack, admin, user, other_user, probe_tool):
     theirs = other_user.histories.create_history("victim")
     dataset = upload(other_user, theirs["id"], "someone else's data\n")
     dataset_path = admin.datasets.show_dataset(dataset["id"])["file_name"]
+    # Started first, it runs (or waits in Slurm's queue) while the attacker's job tries to cancel it.
     victim_job = run_probe(other_user, theirs["id"], {**NOTHING, "watch_seconds": 60})
-    wait_running(other_user, victim_job)
-    victim_slurm_id = admin.jobs.show_job(victim_job, full_details=True)["external_id"]
 
     history = user.histories.create_history("attacker")
     targets = {
@@ -79,20 +104,20 @@ def attack(stack, admin, user, other_user, probe_tool):
             # A job directory made before Galaxy makes it would be the attacker's.
             "/srv/galaxy/jobs", "/srv/galaxy/jobs/000",
         ],
-        "connect": ["postgres:5432", "mariadb:3306", "web:8080", "slurmdbd:6819",
-                    "slurmctld:6817"],
+        # By name and by every address the server has (a job could guess an address).
+        "connect": servers_a_job_must_not_reach(stack) + ["slurmctld:6817"],
         "commands": {
             "sbatch": ["sbatch", "--wrap", "true"],
             "squeue": ["squeue", "-a"],
-            "scancel": ["scancel", victim_slurm_id],
+            "scancel": ["scancel", "--user=galaxy-job"],  # every Galaxy job
         },
-        # Long enough to see the other user's uploads run in the handler.
-        "watch_seconds": 20,
+        # Until it has seen an upload of the other user's run in the handler.
+        "watch_seconds": 180, "handler_jobs_wanted": 1,
     }
     job_id = run_probe(user, history["id"], targets)
     wait_running(user, job_id)
-    for n in range(2):
-        upload(other_user, theirs["id"], f"uploaded while the probe watches {n}\n")
+    while user.jobs.show_job(job_id)["state"] == "running":
+        upload(other_user, theirs["id"], "uploaded while the probe watches\n")
     job = wait_for_job(user, job_id)
     assert job["state"] == "ok", job
     report = json.loads(user.datasets.download_dataset(job["outputs"]["output"]["id"]))
@@ -100,6 +125,7 @@ def attack(stack, admin, user, other_user, probe_tool):
             "secret_values": secret_values, "victim_job": victim_job}
 
 
+@pytest.mark.timeout(600)  # it carries the attack's setup (tool install, two jobs, uploads)
 def test_the_job_runs_on_a_node_as_the_job_user(stack, admin, attack):
     report = attack["report"]
     assert report["uid"] == GALAXY_JOB_UID
@@ -151,10 +177,19 @@ def test_the_job_cannot_use_slurm(admin, user, other_user, attack):
     assert victim["state"] == "ok", victim
 
 
-def test_what_a_job_can_still_connect_to(attack, figure):
-    """Not yet split by network (issue 11, networks by need): reported, not asserted."""
-    reached = sorted(a for a, r in attack["report"]["connect"].items() if r == "done")
-    figure(f"a job on a node can still connect to: {', '.join(reached) or 'none'}")
+def servers_a_job_must_not_reach(stack):
+    servers = {"postgres": (5432, ["backend"]), "mariadb": (3306, ["accounting"]),
+               "web": (8080, ["front", "backend"]), "slurmdbd": (6819, ["slurm-control", "accounting"])}
+    return [f"{host}:{port}" for service, (port, networks) in servers.items()
+            for host in [service, *(a for n in networks for a in stack.addresses(service, n))]]
+
+
+def test_the_job_reaches_no_server_but_the_slurm_controller(stack, attack):
+    """A node is on the cluster network only; the controller answers (slurmd needs it), but
+    without a munge credential it serves nothing (test_the_job_cannot_use_slurm)."""
+    connect = attack["report"]["connect"]
+    assert {a for a, r in connect.items() if r == "done"} == {"slurmctld:6817"}, connect
+    assert len(connect) >= 11  # each server by name and by at least one address
 
 
 def test_init_brings_an_earlier_layout_over(stack):
@@ -189,3 +224,103 @@ def test_init_brings_an_earlier_layout_over(stack):
     finally:
         subprocess.run(["docker", "volume", "rm", "-f", *(m.split(":")[0] for m in mounts)],
                        capture_output=True)
+
+
+def test_galaxys_database_role_is_no_superuser(stack):
+    """Galaxy's password must not mean shell commands in the postgres container."""
+    as_galaxy = ("PGPASSWORD=$(cat /var/lib/galaxy-secrets/db_password) "
+                 "psql -h localhost -U galaxy -d galaxy -Atc")
+    assert stack.exec("postgres", f"sh -c '{as_galaxy} \"SELECT rolsuper, pg_get_userbyid(datdba) "
+                                  "FROM pg_roles, pg_database WHERE rolname = current_user "
+                                  "AND datname = current_database()\"'").split() == ["f|galaxy"]
+    refused = stack.exec("postgres", f"sh -c '{as_galaxy} \"COPY (SELECT 1) TO PROGRAM "
+                                     "\\$\\$id\\$\\$\" 2>&1; echo status=$?'")
+    assert "must be superuser" in refused and "status=1" in refused, refused
+
+
+def test_postgres_from_an_earlier_version_demotes_galaxys_role(stack):
+    """Earlier versions bootstrapped the cluster as galaxy (a superuser PostgreSQL can't demote).
+    On the next start the entrypoint makes postgres the superuser and galaxy a plain owner, with
+    its password and every row kept."""
+    image = stack.compose("images -q postgres").split()[0]
+    volume = f"sgoldpg{uuid.uuid4().hex[:8]}"
+    password = uuid.uuid4().hex
+    earlier = (  # what the earlier entrypoint did, then a table of Galaxy's
+        f"echo {password} > /tmp/pw && initdb --username=galaxy --pwfile=/tmp/pw "
+        "--auth-local=trust --auth-host=scram-sha-256 >/dev/null"
+        " && echo 'host all all all scram-sha-256' >> $PGDATA/pg_hba.conf"
+        " && pg_ctl -w start >/dev/null && createdb -U galaxy galaxy"
+        " && psql -q -U galaxy -d galaxy -c 'CREATE TABLE kept (id serial, x text)'"
+        " -c \"INSERT INTO kept (x) VALUES ('history')\" && pg_ctl -w stop >/dev/null")
+
+    def docker(*args):
+        return subprocess.run(["docker", *args], capture_output=True, text=True, check=True).stdout
+
+    container = None
+    try:
+        docker("run", "--rm", "-u", "postgres", "-v", f"{volume}:/var/lib/postgresql/data",
+               "--entrypoint", "sh", image, "-c", earlier)
+        container = docker("run", "-d", "-v", f"{volume}:/var/lib/postgresql/data",
+                           "-e", "POSTGRES_USER=galaxy", "-e", "POSTGRES_DB=galaxy",
+                           "-e", f"POSTGRES_PASSWORD={password}", image, "postgres").strip()
+        wait_for(lambda: subprocess.run(["docker", "exec", container, "pg_isready", "-q", "-h",
+                                         "localhost"]).returncode == 0, 60, "postgres")
+        queries = ["SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+                   "SELECT x FROM kept",
+                   "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 'kept'",
+                   "SELECT rolname FROM pg_roles WHERE oid = 10"]  # the bootstrap superuser
+        out = docker("exec", "-e", f"PGPASSWORD={password}", container, "psql", "-h", "localhost",
+                     "-U", "galaxy", "-d", "galaxy", "-At", *(f"-c{q}" for q in queries))
+        assert out.split() == ["f", "history", "galaxy", "postgres"]
+    finally:
+        if container:
+            subprocess.run(["docker", "rm", "-f", container], capture_output=True)
+        subprocess.run(["docker", "volume", "rm", "-f", volume], capture_output=True)
+
+
+def archive(kind, members):
+    """A tar or zip archive in memory; members: (name, text) or (name, "->", link target)."""
+    buffer = io.BytesIO()
+    if kind == "tar":
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for name, *rest in members:
+                info = tarfile.TarInfo(name)
+                if rest[0] == "->":
+                    info.type, info.linkname = tarfile.SYMTYPE, rest[1]
+                    tar.addfile(info)
+                else:
+                    info.size = len(rest[0].encode())
+                    tar.addfile(info, io.BytesIO(rest[0].encode()))
+    else:
+        with zipfile.ZipFile(buffer, "w") as zf:
+            for name, *rest in members:
+                if rest[0] == "->":  # a symlink entry: the target's path, with the link mode
+                    info = zipfile.ZipInfo(name)
+                    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+                    zf.writestr(info, rest[1])
+                else:
+                    zf.writestr(name, rest[0])
+    return buffer.getvalue()
+
+
+LINK_TO_A_SECRET = "/var/lib/galaxy-secrets/id_secret"
+# case: (archive kind, members, what the upload imports: {dataset name: content})
+ARCHIVES = {
+    "tar-symlink": ("tar", [("a.txt", "a\n"), ("secret.txt", "->", LINK_TO_A_SECRET)], {}),
+    "tar-dotdot": ("tar", [("a.txt", "a\n"), ("../../../../tmp/escaped.txt", "escaped\n")], {}),
+    # zip has no symlinks: the entry is unpacked as a file holding the link's text.
+    "zip-symlink": ("zip", [("a.txt", "a\n"), ("secret.txt", "->", LINK_TO_A_SECRET)],
+                    {"a.txt": b"a\n", "secret.txt": LINK_TO_A_SECRET.encode()}),
+    "zip-dotdot": ("zip", [("a.txt", "a\n"), ("../../../../tmp/escaped.txt", "escaped\n")], {}),
+}
+
+
+@pytest.mark.parametrize("case", ARCHIVES)
+def test_an_archive_upload_cannot_reach_a_secret(stack, user, archive_uploads, case):
+    """Archives are unpacked by the upload job, in the handler, as Galaxy's user (which can read
+    the secrets): an archive with an entry pointing outside it is refused as a whole (nothing is
+    imported, nothing written outside), a zip's link entry is just its own bytes."""
+    datasets = user.histories.show_history(archive_uploads[case], contents=True)
+    imported = {d["name"]: user.datasets.download_dataset(d["id"]) for d in datasets}
+    assert imported == ARCHIVES[case][2]
+    assert "escaped.txt" not in stack.exec("runner", "ls -A /tmp")

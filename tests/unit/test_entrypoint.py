@@ -127,3 +127,26 @@ def test_site_cluster_needs_a_munge_key_setting(cluster, monkeypatch, tmp_path, 
     with pytest.raises(SystemExit):
         cluster.connect_to_cluster()
     assert "MUNGE_KEY_FILE is not set" in capsys.readouterr().err
+
+
+# A web replica's routes in the stack: eth0 on the internal backend network (no gateway), eth1 on
+# the public network, which has the default route.
+ROUTES = """Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+eth1\t00000000\t0100A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0
+eth0\t0000A8C0\t00000000\t0001\t0\t0\t0\t00F0FFFF\t0\t0\t0
+eth1\t0010A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
+"""
+
+
+def test_trusted_proxies_are_the_public_network(entrypoint, tmp_path):
+    routes = tmp_path / "route"
+    routes.write_text(ROUTES)
+    assert entrypoint.public_subnet(str(routes)) == "192.168.16.0/24"
+
+
+def test_no_default_route_means_no_trusted_network(entrypoint, tmp_path, capsys):
+    routes = tmp_path / "route"
+    routes.write_text("\n".join(ROUTES.splitlines()[::2]))  # header and the backend network only
+    with pytest.raises(SystemExit):
+        entrypoint.public_subnet(str(routes))
+    assert "GALAXY_TRUSTED_PROXIES" in capsys.readouterr().err
