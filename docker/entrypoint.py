@@ -119,23 +119,24 @@ def role_init():
     galaxy, munge = pwd.getpwnam("galaxy"), pwd.getpwnam("munge")
     for path in (SECRETS_DIR, DATA_DIR, JOBS_VOLUME):
         os.makedirs(path, exist_ok=True)
-        os.chown(path, galaxy.pw_uid, galaxy.pw_gid)
+        os.chown(path, galaxy.pw_uid, galaxy.pw_gid, follow_symlinks=False)
     os.chmod(SECRETS_DIR, 0o750)
     generated = [name for name, make in SECRET_FILES.items()
                  if write_once(os.path.join(SECRETS_DIR, name), make() + "\n", 0o440)]
     for name in SECRET_FILES:
-        os.chown(os.path.join(SECRETS_DIR, name), galaxy.pw_uid, galaxy.pw_gid)
+        os.chown(os.path.join(SECRETS_DIR, name), galaxy.pw_uid, galaxy.pw_gid,
+                 follow_symlinks=False)
     if init_munge_key(munge):
         generated.append("munge.key")
     # The shared volume's top level only: a recursive chown of a large data volume takes hours.
     for sub in ("objects", "tmp", "jobs", "tus", "config", "tool-data", "dependencies"):
         path = os.path.join(DATA_DIR, sub)
         os.makedirs(path, exist_ok=True)
-        os.chown(path, galaxy.pw_uid, galaxy.pw_gid)
+        os.chown(path, galaxy.pw_uid, galaxy.pw_gid, follow_symlinks=False)
     move_job_directories()
     local_tools = ensure_local_tool_conf()
     for path in (local_tools, os.path.join(os.path.dirname(local_tools), "local_tool_conf.xml")):
-        os.chown(path, galaxy.pw_uid, galaxy.pw_gid)
+        os.chown(path, galaxy.pw_uid, galaxy.pw_gid, follow_symlinks=False)
     log(f"secrets: generated {', '.join(generated)}" if generated else "secrets: all present")
 
 

@@ -62,7 +62,10 @@ def write_once(path, value, mode=0o400):
     if os.path.exists(path):
         return False
     tmp = f"{path}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    # init writes as root into volumes Galaxy's user can write: never through a link put there.
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
     with os.fdopen(os.open(tmp, flags, mode), "wb" if isinstance(value, bytes) else "w") as f:
         f.write(value)
     os.rename(tmp, path)

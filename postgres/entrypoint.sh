@@ -65,8 +65,11 @@ if [ -n "$bootstrap" ] && [ "$bootstrap" != postgres ] && [ "$bootstrap" = "$use
     # A helper superuser does the change (a session can't rename its own role), in one
     # transaction: a failure leaves the cluster as it was, and the next start tries again.
     sql -U "$user" -d template1 -c "DROP ROLE IF EXISTS sg_convert" -c "CREATE ROLE sg_convert SUPERUSER LOGIN"
-    sql -U sg_convert -d "$db" -1 -v user="$user" -v db="$db" -v pw="$POSTGRES_PASSWORD" <<'SQL'
+    sql -U sg_convert -d "$db" -v user="$user" -v db="$db" -v pw="$POSTGRES_PASSWORD" <<'SQL'
+BEGIN;
 ALTER ROLE :"user" RENAME TO postgres;
+-- The renamed superuser keeps its SCRAM password, which is Galaxy's: it must have none.
+ALTER ROLE postgres PASSWORD NULL;
 CREATE ROLE :"user" LOGIN PASSWORD :'pw';
 ALTER DATABASE :"db" OWNER TO :"user";
 SET sg.owner TO :'user';
@@ -108,6 +111,7 @@ BEGIN
         EXECUTE format('ALTER SCHEMA %I OWNER TO %I', r.nspname, owner);
     END LOOP;
 END $$;
+COMMIT;
 SQL
     sql -U postgres -d template1 -c "DROP ROLE sg_convert"
     stop_private

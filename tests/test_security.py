@@ -272,6 +272,11 @@ def test_postgres_from_an_earlier_version_demotes_galaxys_role(stack):
         out = docker("exec", "-e", f"PGPASSWORD={password}", container, "psql", "-h", "localhost",
                      "-U", "galaxy", "-d", "galaxy", "-At", *(f"-c{q}" for q in queries))
         assert out.split() == ["f", "history", "galaxy", "postgres"]
+        # Galaxy's password is Galaxy's alone: the superuser it used to be has none.
+        refused = subprocess.run(["docker", "exec", "-e", f"PGPASSWORD={password}", container,
+                                  "psql", "-h", "localhost", "-U", "postgres", "-c", "SELECT 1"],
+                                 capture_output=True, text=True)
+        assert refused.returncode == 2 and "password authentication failed" in refused.stderr
     finally:
         if container:
             subprocess.run(["docker", "rm", "-f", container], capture_output=True)
