@@ -19,9 +19,9 @@ UPLOAD_LIMIT = "64m"
 
 
 def docker(command):
-    """`docker <command>` (words split on spaces); its output."""
-    return subprocess.run(["docker", *command.split()], capture_output=True, text=True,
-                          check=True).stdout
+    """`docker <command>`: a string (words split on spaces) or a list of arguments; its output."""
+    args = command.split() if isinstance(command, str) else command
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=True).stdout
 
 
 def wait_for(check, timeout, what, pause=2.0):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from helpers import SITE_TOOLS, install_site_tool, upload, wait_for, wait_for_job
+from helpers import SITE_TOOLS, docker, install_site_tool, upload, wait_for, wait_for_job
 
 PROBE_TOOL = """<tool id="sg_probe" name="Probe" version="1.0.0" profile="22.05">
     <description>what a job can reach</description>
@@ -201,9 +201,8 @@ def test_init_brings_an_earlier_layout_over(stack):
               f"{prefix}-munge:/etc/munge", f"{prefix}-jobs:/srv/galaxy-jobs"]
 
     def run(*command, entrypoint="sh"):
-        args = ["docker", "run", "--rm", "-u", "root", *(f"-v{m}" for m in mounts),
-                "--entrypoint", entrypoint, image, *command]
-        return subprocess.run(args, capture_output=True, text=True, check=True).stdout
+        return docker(["run", "--rm", "-u", "root", *(f"-v{m}" for m in mounts),
+                       "--entrypoint", entrypoint, image, *command])
 
     try:
         run("-c", "mkdir -p /srv/galaxy/jobs/000/7 && echo job-output > /srv/galaxy/jobs/000/7/out"
@@ -253,24 +252,21 @@ def test_postgres_from_an_earlier_version_demotes_galaxys_role(stack):
         " && psql -q -U galaxy -d galaxy -c 'CREATE TABLE kept (id serial, x text)'"
         " -c \"INSERT INTO kept (x) VALUES ('history')\" && pg_ctl -w stop >/dev/null")
 
-    def docker(*args):
-        return subprocess.run(["docker", *args], capture_output=True, text=True, check=True).stdout
-
     container = None
     try:
-        docker("run", "--rm", "-u", "postgres", "-v", f"{volume}:/var/lib/postgresql/data",
-               "--entrypoint", "sh", image, "-c", earlier)
-        container = docker("run", "-d", "-v", f"{volume}:/var/lib/postgresql/data",
-                           "-e", "POSTGRES_USER=galaxy", "-e", "POSTGRES_DB=galaxy",
-                           "-e", f"POSTGRES_PASSWORD={password}", image, "postgres").strip()
+        docker(["run", "--rm", "-u", "postgres", "-v", f"{volume}:/var/lib/postgresql/data",
+                "--entrypoint", "sh", image, "-c", earlier])
+        container = docker(["run", "-d", "-v", f"{volume}:/var/lib/postgresql/data",
+                            "-e", "POSTGRES_USER=galaxy", "-e", "POSTGRES_DB=galaxy",
+                            "-e", f"POSTGRES_PASSWORD={password}", image, "postgres"]).strip()
         wait_for(lambda: subprocess.run(["docker", "exec", container, "pg_isready", "-q", "-h",
                                          "localhost"]).returncode == 0, 60, "postgres")
         queries = ["SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
                    "SELECT x FROM kept",
                    "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 'kept'",
                    "SELECT rolname FROM pg_roles WHERE oid = 10"]  # the bootstrap superuser
-        out = docker("exec", "-e", f"PGPASSWORD={password}", container, "psql", "-h", "localhost",
-                     "-U", "galaxy", "-d", "galaxy", "-At", *(f"-c{q}" for q in queries))
+        out = docker(["exec", "-e", f"PGPASSWORD={password}", container, "psql", "-h", "localhost",
+                      "-U", "galaxy", "-d", "galaxy", "-At", *(f"-c{q}" for q in queries)])
         assert out.split() == ["f", "history", "galaxy", "postgres"]
         # Galaxy's password is Galaxy's alone: the superuser it used to be has none.
         refused = subprocess.run(["docker", "exec", "-e", f"PGPASSWORD={password}", container,
