@@ -88,7 +88,8 @@ COPY config/galaxy.yml /etc/galaxy/
 # /etc/galaxy itself: Galaxy loads <config dir>/job_conf.yml unasked, and Galaxy run alone must keep
 # its default (its one process handles jobs with the local runner).
 COPY config/job_conf.yml config/tpv.yml /etc/galaxy/stack/
-COPY docker/entrypoint.py docker/settings.py docker/cluster.py /usr/local/lib/galaxy-entrypoint/
+COPY docker/entrypoint.py docker/settings.py docker/cluster.py docker/job_directory.py \
+     /usr/local/lib/galaxy-entrypoint/
 
 FROM web AS runner
 LABEL io.scalable-galaxy.image=runner
@@ -96,6 +97,8 @@ COPY config/slurm.conf config/cgroup.conf /etc/slurm/
 # The job handler runs sbatch, squeue, scancel and sacct as galaxy-job through these (sudo).
 COPY docker/slurm-as-job-user/ /usr/local/lib/galaxy-entrypoint/slurm-as-job-user/
 COPY config/sudoers /etc/sudoers.d/galaxy-jobs
+# On the compute nodes, Slurm's Prolog and Epilog (config/slurm.conf).
+COPY docker/slurm-node/ /usr/local/lib/galaxy-entrypoint/slurm-node/
 # Each role's health is checked by compose.yml; the web image's HTTP check means nothing here.
 HEALTHCHECK NONE
 CMD ["handler"]

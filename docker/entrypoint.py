@@ -19,8 +19,9 @@ import subprocess
 import sys
 
 import cluster
-from settings import (DATA_DIR, MUNGE_KEY, SECRET_FILES, SECRETS_DIR, ensure_local_tool_conf, fail,
-                      log, read_secret, replica_name, setting, write_once)
+from settings import (DATA_DIR, DB_SECRET_DIR, MUNGE_KEY, SECRET_FILES, SECRETS_DIR,
+                      SLURMDB_SECRET_DIR, ensure_local_tool_conf, fail, log, read_secret,
+                      replica_name, secret_path, setting, write_once)
 
 GALAXY_CONFIG = "/etc/galaxy/galaxy.yml"
 # Where the init role mounts the jobs volume (elsewhere it is /srv/galaxy/jobs, over the data
@@ -116,18 +117,23 @@ def role_init():
     if os.getuid() != 0:
         fail("the init role runs as root (compose.yml: user: root) to set volume ownership")
     import pwd
-    galaxy, munge = pwd.getpwnam("galaxy"), pwd.getpwnam("munge")
-    for path in (SECRETS_DIR, DATA_DIR, JOBS_VOLUME):
+    galaxy = pwd.getpwnam("galaxy")
+    # Who reads each secret: Galaxy's processes run as galaxy; PostgreSQL, MariaDB and slurmdbd
+    # read theirs as root, before they drop to their own user; munged runs as munge.
+    owners = {SECRETS_DIR: galaxy, DB_SECRET_DIR: galaxy, SLURMDB_SECRET_DIR: pwd.getpwnam("root"),
+              os.path.dirname(MUNGE_KEY): pwd.getpwnam("munge")}
+    wanted = {secret_path(name): lambda make=make: make() + "\n"
+              for name, (_, make) in SECRET_FILES.items()}
+    # munged wants a key of at least 32 bytes.
+    wanted[MUNGE_KEY] = lambda: secrets.token_bytes(1024)
+    # A secret whose volume isn't mounted isn't needed here (slurmdb-secret comes with the bundled
+    # cluster only, compose.slurm.yml): the images have no such directory.
+    generated = [os.path.basename(path) for path, make in wanted.items()
+                 if os.path.isdir(os.path.dirname(path))
+                 and place_secret(path, make, owners[os.path.dirname(path)])]
+    for path in (DATA_DIR, JOBS_VOLUME):
         os.makedirs(path, exist_ok=True)
         os.chown(path, galaxy.pw_uid, galaxy.pw_gid, follow_symlinks=False)
-    os.chmod(SECRETS_DIR, 0o750)
-    generated = [name for name, make in SECRET_FILES.items()
-                 if write_once(os.path.join(SECRETS_DIR, name), make() + "\n", 0o440)]
-    for name in SECRET_FILES:
-        os.chown(os.path.join(SECRETS_DIR, name), galaxy.pw_uid, galaxy.pw_gid,
-                 follow_symlinks=False)
-    if init_munge_key(munge):
-        generated.append("munge.key")
     # The shared volume's top level only: a recursive chown of a large data volume takes hours.
     for sub in ("objects", "tmp", "jobs", "tus", "config", "tool-data", "dependencies"):
         path = os.path.join(DATA_DIR, sub)
@@ -140,23 +146,29 @@ def role_init():
     log(f"secrets: generated {', '.join(generated)}" if generated else "secrets: all present")
 
 
-def init_munge_key(munge):
-    """The cluster's munge key, in its own volume, readable by the munge user only. Earlier
-    versions kept it next to Galaxy's secrets: that key moves here (running jobs keep working)."""
-    old = os.path.join(SECRETS_DIR, "munge.key")
+def place_secret(path, make, owner):
+    """Create the secret at `path` once, readable by `owner` only. Earlier versions kept every
+    secret in Galaxy's volume: one found there moves here (the deployment keeps its value).
+    True if it was generated now."""
+    old = os.path.join(SECRETS_DIR, os.path.basename(path))
     generated = False
-    if os.path.exists(old) and not os.path.exists(MUNGE_KEY):
-        with open(old, "rb") as f:
-            write_once(MUNGE_KEY, f.read())
-        log(f"moved the munge key from {old} to {MUNGE_KEY}")
+    if old != path and os.path.isfile(old) and not os.path.exists(path):
+        with os.fdopen(os.open(old, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:
+            write_once(path, f.read())
+        log(f"moved {old} to {path}")
     else:
-        # munged wants a private key of at least 32 bytes, owned by the user it runs as.
-        generated = write_once(MUNGE_KEY, secrets.token_bytes(1024))
-    if os.path.exists(old):
+        generated = write_once(path, make())
+    if old != path and os.path.lexists(old):
         os.remove(old)
-    for path, mode in ((os.path.dirname(MUNGE_KEY), 0o700), (MUNGE_KEY, 0o400)):
-        os.chown(path, munge.pw_uid, munge.pw_gid)
-        os.chmod(path, mode)
+    for target, mode in ((os.path.dirname(path), 0o700), (path, 0o400)):
+        # Through a descriptor opened without following links: the volumes are writable by
+        # Galaxy's user, and this runs as root.
+        fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            os.fchown(fd, owner.pw_uid, owner.pw_gid)
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
     return generated
 
 

@@ -7,21 +7,28 @@ import socket
 import sys
 
 DATA_DIR = "/srv/galaxy"
-SECRETS_DIR = os.environ.get("GALAXY_SECRETS_DIR", "/var/lib/galaxy-secrets")
+# Each secret is in the volume of the services that use it (compose.yml), so none sees another's:
+SECRETS_DIR = "/var/lib/galaxy-secrets"  # Galaxy's own: its processes only
+DB_SECRET_DIR = "/var/lib/galaxy-db-secret"  # the database password: Galaxy and PostgreSQL
+SLURMDB_SECRET_DIR = "/var/lib/slurmdb-secret"  # Slurm's accounting password: slurmdbd, MariaDB
 # The cluster's key, in its own volume: the Slurm roles and the handler mount it, nothing else.
 MUNGE_KEY = "/etc/munge/munge.key"
-# Files the init role creates once per deployment; each is read by the roles that need it.
+# Files the init role creates once per deployment: name -> (directory, generator).
 SECRET_FILES = {
-    "id_secret": lambda: secrets.token_hex(24),  # Galaxy's id cipher takes up to 56 chars
-    "db_password": lambda: secrets.token_urlsafe(24),
-    "admin_api_key": lambda: secrets.token_hex(16),
-    "slurmdb_password": lambda: secrets.token_urlsafe(24),
+    "id_secret": (SECRETS_DIR, lambda: secrets.token_hex(24)),  # Galaxy's id cipher: <= 56 chars
+    "admin_api_key": (SECRETS_DIR, lambda: secrets.token_hex(16)),
+    "db_password": (DB_SECRET_DIR, lambda: secrets.token_urlsafe(24)),
+    "slurmdb_password": (SLURMDB_SECRET_DIR, lambda: secrets.token_urlsafe(24)),
 }
+
+
+def secret_path(name):
+    return os.path.join(SECRET_FILES[name][0], name)
 
 
 def secret_paths():
     """Every secret file the init role makes (tests/test_security.py tries to read each one)."""
-    return [os.path.join(SECRETS_DIR, name) for name in SECRET_FILES] + [MUNGE_KEY]
+    return [secret_path(name) for name in SECRET_FILES] + [MUNGE_KEY]
 
 
 def fail(msg):
@@ -44,7 +51,7 @@ def setting(name, default=None, pattern=None, form=None):
 
 
 def read_secret(name):
-    path = os.path.join(SECRETS_DIR, name)
+    path = secret_path(name)
     try:
         with open(path) as f:
             value = f.read().strip()

@@ -74,17 +74,24 @@ def wait_running(gi, job_id):
 
 
 NOTHING = {"read": [], "write": [], "connect": [], "commands": {}, "watch_seconds": 0,
-           "handler_jobs_wanted": 0}
+           "handler_jobs_wanted": 0, "plant": {}}
 
 
 @pytest.fixture(scope="module")
-def attack(stack, admin, user, other_user, probe_tool):
+def secret_files(stack):
+    """Every secret file the deployment has, wherever it lives (settings.secret_paths)."""
+    paths = stack.exec("web", f"python3 -c 'import sys; sys.path.insert(0, \"{ENTRYPOINT_LIB}\"); "
+                              "import settings; print(*settings.secret_paths())'").split()
+    assert len(paths) >= 5, paths
+    return paths
+
+
+@pytest.fixture(scope="module")
+def attack(stack, admin, user, other_user, probe_tool, secret_files):
     """The probe's report, the probe's job, the other user's job it tried to cancel, and what a
     job must not learn: the value of every secret."""
-    secret_files = stack.exec("web", f"python3 -c 'import sys; sys.path.insert(0, \"{ENTRYPOINT_LIB}\"); "
-                                     "import settings; print(*settings.secret_paths())'").split()
-    assert len(secret_files) >= 5, secret_files
-    secret_values = [stack.exec("web", f"cat {path}").strip() for path in secret_files
+    secret_values = [stack.exec(service, f"cat {path}").strip() for path in secret_files
+                     for service in [SECRET_HOLDER.get(Path(path).name, "web")]
                      if not path.endswith("munge.key")]
     # Another user's data, and a job of theirs running on the cluster at the same time.
     theirs = other_user.histories.create_history("victim")
@@ -113,6 +120,9 @@ def attack(stack, admin, user, other_user, probe_tool):
         },
         # Until it has seen an upload of the other user's run in the handler.
         "watch_seconds": 180, "handler_jobs_wanted": 1,
+        # The tool's stdout and stderr (the job script writes them there) become links.
+        "plant": {"../outputs/tool_stdout": "/var/lib/galaxy-secrets/admin_api_key",
+                  "../outputs/tool_stderr": "/proc/self/environ"},
     }
     job_id = run_probe(user, history["id"], targets)
     wait_running(user, job_id)
@@ -134,6 +144,29 @@ def test_the_job_runs_on_a_node_as_the_job_user(stack, admin, attack):
     assert report["host"] != stack.exec("runner", "hostname").strip()
 
 
+# The secrets each long-running service holds (compose.yml, compose.slurm.yml): what its role
+# needs, nothing else. Read as root in each container.
+SECRETS_HELD = {
+    "web": {"id_secret", "admin_api_key", "db_password"},
+    "runner": {"id_secret", "admin_api_key", "db_password", "munge.key"},
+    "postgres": {"db_password"},
+    "mariadb": {"slurmdb_password"},
+    "slurmdbd": {"slurmdb_password", "munge.key"},
+    "slurmctld": {"munge.key"},
+    "node": {"munge.key"},
+    "nginx": set(),
+}
+SECRET_HOLDER = {"slurmdb_password": "slurmdbd"}
+
+
+def test_each_service_holds_only_the_secrets_its_role_needs(stack, secret_files):
+    held = {}
+    for service in SECRETS_HELD:
+        probe = "; ".join(f"[ -s {path} ] && echo {Path(path).name}" for path in secret_files)
+        held[service] = set(stack.compose(f"exec -T -u root {service} sh -c '{probe}; true'").split())
+    assert held == SECRETS_HELD
+
+
 def test_no_secret_file_is_readable(attack):
     report = attack["report"]
     assert set(report["read"]) == set(attack["secret_files"])
@@ -147,6 +180,15 @@ def test_no_credential_in_any_environment_the_job_can_read(attack):
              for path, text in environments.items()}
     assert {path: found for path, found in leaks.items() if found} == {}
     assert not [path for path, text in environments.items() if "DATABASE_CONNECTION" in text]
+
+
+def test_links_the_job_leaves_reveal_nothing_to_its_user(user, attack):
+    """The handler reads the job's stdout and stderr as Galaxy's user: had it followed the links
+    the job left there, the secrets would be in the job's record, which its user can read."""
+    job = user.jobs.show_job(attack["job"]["id"], full_details=True)
+    record = "".join(str(job.get(k, "")) for k in ("tool_stdout", "tool_stderr", "stdout", "stderr"))
+    assert [s[:4] for s in attack["secret_values"] if s in record] == []
+    assert "DATABASE_CONNECTION" not in record and "GALAXY_CONFIG" not in record
 
 
 def test_nothing_of_galaxys_is_writable(attack):
@@ -193,12 +235,15 @@ def test_the_job_reaches_no_server_but_the_slurm_controller(stack, attack):
 
 
 def test_init_brings_an_earlier_layout_over(stack):
-    """A deployment made before the job user: the munge key next to Galaxy's secrets, job
-    directories in the data volume. init moves both, as they are, and keeps every secret."""
+    """A deployment made before the job user: every secret and the munge key in Galaxy's secrets
+    volume, job directories in the data volume. init moves each to its own volume, as it is."""
     image = stack.compose("images -q init").split()[0]  # the init (web) image
     prefix = f"sgold{uuid.uuid4().hex[:8]}"
     mounts = [f"{prefix}-secrets:/var/lib/galaxy-secrets", f"{prefix}-data:/srv/galaxy",
-              f"{prefix}-munge:/etc/munge", f"{prefix}-jobs:/srv/galaxy-jobs"]
+              f"{prefix}-munge:/etc/munge", f"{prefix}-jobs:/srv/galaxy-jobs",
+              f"{prefix}-db:/var/lib/galaxy-db-secret", f"{prefix}-slurmdb:/var/lib/slurmdb-secret"]
+    earlier = {"id_secret": "galaxy-secret", "db_password": "db-secret",
+               "slurmdb_password": "slurmdb-secret"}
 
     def run(*command, entrypoint="sh"):
         return docker(["run", "--rm", "-u", "root", *(f"-v{m}" for m in mounts),
@@ -207,16 +252,21 @@ def test_init_brings_an_earlier_layout_over(stack):
     try:
         run("-c", "mkdir -p /srv/galaxy/jobs/000/7 && echo job-output > /srv/galaxy/jobs/000/7/out"
             " && head -c 1024 /dev/urandom > /var/lib/galaxy-secrets/munge.key"
-            " && echo galaxy-secret > /var/lib/galaxy-secrets/id_secret"
-            " && chown -R 1450:1450 /var/lib/galaxy-secrets /srv/galaxy"
+            + "".join(f" && echo {v} > /var/lib/galaxy-secrets/{k}" for k, v in earlier.items())
+            + " && chown -R 1450:1450 /var/lib/galaxy-secrets /srv/galaxy"
             " && chmod 440 /var/lib/galaxy-secrets/*")
         key = run("-c", "sha256sum < /var/lib/galaxy-secrets/munge.key")
         run("init", entrypoint="/usr/local/lib/galaxy-entrypoint/entrypoint.py")
         assert run("-c", "sha256sum < /etc/munge/munge.key") == key  # the same key, moved
-        assert run("-c", "stat -c '%U %a' /etc/munge/munge.key").split() == ["munge", "400"]
-        secrets = run("-c", "ls -A /var/lib/galaxy-secrets").split()
-        assert "munge.key" not in secrets and "id_secret" in secrets
-        assert run("-c", "cat /var/lib/galaxy-secrets/id_secret").strip() == "galaxy-secret"
+        now = {"munge.key": "/etc/munge", "id_secret": "/var/lib/galaxy-secrets",
+               "db_password": "/var/lib/galaxy-db-secret",
+               "slurmdb_password": "/var/lib/slurmdb-secret"}
+        owners = run("-c", "; ".join(f"stat -c '{name} %U %a' {d}/{name}" for name, d in now.items()))
+        assert owners.splitlines() == ["munge.key munge 400", "id_secret galaxy 400",
+                                       "db_password galaxy 400", "slurmdb_password root 400"]
+        assert run("-c", "ls -A /var/lib/galaxy-secrets").split() == ["admin_api_key", "id_secret"]
+        for name, value in earlier.items():
+            assert run("-c", f"cat {now[name]}/{name}").strip() == value
         moved = run("-c", "stat -c %U /srv/galaxy-jobs/000/7/out; cat /srv/galaxy-jobs/000/7/out")
         assert moved.split() == ["galaxy", "job-output"]
         assert run("-c", "ls -A /srv/galaxy/jobs").split() == []
@@ -227,7 +277,7 @@ def test_init_brings_an_earlier_layout_over(stack):
 
 def test_galaxys_database_role_is_no_superuser(stack):
     """Galaxy's password must not mean shell commands in the postgres container."""
-    as_galaxy = ("PGPASSWORD=$(cat /var/lib/galaxy-secrets/db_password) "
+    as_galaxy = ("PGPASSWORD=$(cat /var/lib/galaxy-db-secret/db_password) "
                  "psql -h localhost -U galaxy -d galaxy -Atc")
     assert stack.exec("postgres", f"sh -c '{as_galaxy} \"SELECT rolsuper, pg_get_userbyid(datdba) "
                                   "FROM pg_roles, pg_database WHERE rolname = current_user "

@@ -1,7 +1,9 @@
 """The project's scripts, loaded as modules (they have no .py suffix, or live in docker/)."""
 import importlib.machinery
 import importlib.util
+import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -45,3 +47,13 @@ def prepare():
 @pytest.fixture
 def root():
     return ROOT
+
+
+@pytest.fixture
+def job_directory(monkeypatch):
+    module = load(ROOT / "docker" / "job_directory.py", "job_directory")
+    # The users of the images (galaxy, galaxy-job), played by whoever runs the test.
+    me = SimpleNamespace(pw_uid=os.getuid(), pw_gid=os.getgid(), gr_gid=os.getgid())
+    monkeypatch.setattr(module.pwd, "getpwnam", lambda name: me)
+    monkeypatch.setattr(module.grp, "getgrnam", lambda name: me)
+    return module

@@ -41,15 +41,15 @@ def test_write_once_never_overwrites(settings, tmp_path):
 
 
 def test_missing_secret_says_which_and_why(settings, monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(settings, "SECRETS_DIR", str(tmp_path))
+    monkeypatch.setitem(settings.SECRET_FILES, "db_password", (str(tmp_path), None))
     with pytest.raises(SystemExit):
         settings.read_secret("db_password")
     assert f"{tmp_path}/db_password is missing" in capsys.readouterr().err
 
 
 def test_secret_generators_are_random_and_fit_galaxy(settings):
-    first = {name: make() for name, make in settings.SECRET_FILES.items()}
-    second = {name: make() for name, make in settings.SECRET_FILES.items()}
+    first = {name: make() for name, (_, make) in settings.SECRET_FILES.items()}
+    second = {name: make() for name, (_, make) in settings.SECRET_FILES.items()}
     assert all(first[n] != second[n] for n in first)
     assert len(first["id_secret"]) <= 56  # Galaxy's Blowfish key limit
 
