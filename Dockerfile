@@ -75,7 +75,7 @@ USER galaxy
 # No VOLUME here: every container of the image would get an anonymous volume that outlives it
 # (e.g. replicas removed by scaling down). The stack mounts galaxy-data; alone, mount one yourself.
 WORKDIR /srv/galaxy
-EXPOSE 8080
+EXPOSE 8080 8443
 HEALTHCHECK --interval=10s --timeout=5s --start-period=300s --retries=3 \
     CMD curl -fsS -o /dev/null http://localhost:8080/api/version || exit 1
 ENTRYPOINT ["/usr/local/lib/galaxy-entrypoint/entrypoint.py"]
@@ -120,11 +120,11 @@ RUN apt-get update \
 ARG SITE_PACKAGES=/opt/galaxy/venv/lib/python3.11/site-packages
 COPY --from=venv ${SITE_PACKAGES}/galaxy/webapps/base/static /usr/share/galaxy/static
 COPY --from=venv ${SITE_PACKAGES}/galaxy/web_client/dist /usr/share/galaxy/static/dist
-COPY nginx/nginx.conf nginx/galaxy-proxy.conf /etc/nginx/
+COPY nginx/*.conf /etc/nginx/
 COPY nginx/entrypoint.py /usr/local/bin/nginx-entrypoint
 USER galaxy
 # Request bodies and proxy buffers go to /var/cache/nginx: compose mounts a volume there.
-EXPOSE 8080
+EXPOSE 8080 8443
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD curl -fsS -o /dev/null http://localhost:8080/nginx-health || exit 1
 ENTRYPOINT ["nginx-entrypoint"]

@@ -4,6 +4,7 @@
   web        gunicorn serving Galaxy (alone: SQLite + local runner; in the stack: never runs jobs)
   init       one-shot, as root: generate this deployment's secrets once, own the shared volume
   migrate    one-shot: create Galaxy's database schema, or upgrade it
+  first-admin  one-shot: the admin's account (GALAXY_ADMIN_EMAIL), before anyone can register it
   handler    Galaxy job handler (galaxy-main): TPV routes each job to Slurm or runs it locally
   slurmctld  the Slurm controller                                      [runner image]
   slurmdbd   Slurm's accounting daemon (job records for sacct)         [runner image]
@@ -95,7 +96,8 @@ def role_web():
         log(f"trusting X-Forwarded-* headers from {trusted}")
         os.environ["GALAXY_CONFIG_OVERRIDE_SERVER_NAME"] = replica_name("web")
         os.environ["GALAXY_CONFIG_OVERRIDE_ADMIN_USERS"] = setting("GALAXY_ADMIN_EMAIL")
-        os.environ["GALAXY_CONFIG_OVERRIDE_BOOTSTRAP_ADMIN_API_KEY"] = read_secret("admin_api_key")
+        if bootstrap_key_on():
+            os.environ["GALAXY_CONFIG_OVERRIDE_BOOTSTRAP_ADMIN_API_KEY"] = read_secret("admin_api_key")
     else:
         log("no POSTGRES_HOST: Galaxy out of the box (SQLite, local job runner, one process)")
         standalone_environment()
@@ -198,6 +200,53 @@ def role_migrate():
     log("database schema is current")
 
 
+def bootstrap_key_on():
+    """GALAXY_BOOTSTRAP_API_KEY: whether admin_api_key is Galaxy's bootstrap admin key (admin
+    access without a user, for scripts and the first admin's account)."""
+    return setting("GALAXY_BOOTSTRAP_API_KEY", "true", "true|false", "true or false") == "true"
+
+
+def role_first_admin():
+    """One-shot: the account of GALAXY_ADMIN_EMAIL, made through Galaxy's API with the bootstrap
+    key before nginx lets anyone in (compose.yml), so nobody can claim the admin's address by
+    registering first. Its password is the admin_password secret. An existing account is kept."""
+    import json
+    import urllib.error
+    import urllib.request
+    email = setting("GALAXY_ADMIN_EMAIL", pattern=r"[^@\s]+@[^@\s]+\.[^@\s]+", form="an email address")
+    galaxy = "http://web:8080"  # any replica (compose.yml: backend network)
+    if not bootstrap_key_on():
+        log("GALAXY_BOOTSTRAP_API_KEY=false: the admin's account is the site's own business now")
+        return
+    key = read_secret("admin_api_key")
+
+    def call(path, body=None, exists_ok=False):
+        request = urllib.request.Request(
+            galaxy + path, data=body and json.dumps(body).encode(), method="POST" if body else "GET",
+            headers={"x-api-key": key, "content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return json.load(response)
+        except urllib.error.HTTPError as e:
+            answer = e.read().decode()[:300]
+            if exists_ok and e.code == 400 and "already exists" in answer:
+                return None
+            fail(f"Galaxy answered {e.code} to {request.method} {path}: {answer}")
+        except OSError as e:
+            fail(f"can't reach Galaxy at {galaxy}: {e}")
+
+    # "admin" unless another account has that public name.
+    taken = {user["username"] for user in call("/api/users?f_name=admin")}
+    username = "admin" if "admin" not in taken else f"admin-{secrets.token_hex(2)}"
+    created = call("/api/users", {"username": username, "email": email,
+                                  "password": read_secret("admin_password")}, exists_ok=True)
+    if created is None:  # Galaxy compares addresses without case, deleted accounts included
+        log(f"the admin account {email} exists; it keeps its password")
+        return
+    log(f"made the admin account {email}; its password: "
+        f"docker compose exec web cat {secret_path('admin_password')}")
+
+
 def role_handler():
     """A job handler. Starts as root only to run munged as the munge user, then runs Galaxy as
     galaxy; its Slurm commands run as galaxy-job (cluster.connect_to_cluster)."""
@@ -212,7 +261,8 @@ def role_handler():
     ])
 
 
-ROLES = {"web": role_web, "init": role_init, "migrate": role_migrate, "handler": role_handler,
+ROLES = {"web": role_web, "init": role_init, "migrate": role_migrate,
+         "first-admin": role_first_admin, "handler": role_handler,
          "slurmctld": cluster.role_slurmctld, "slurmdbd": cluster.role_slurmdbd,
          "node": cluster.role_node}
 CLUSTER_ROLES = ("handler", "slurmctld", "slurmdbd", "node")

@@ -17,6 +17,7 @@ MUNGE_KEY = "/etc/munge/munge.key"
 SECRET_FILES = {
     "id_secret": (SECRETS_DIR, lambda: secrets.token_hex(24)),  # Galaxy's id cipher: <= 56 chars
     "admin_api_key": (SECRETS_DIR, lambda: secrets.token_hex(16)),
+    "admin_password": (SECRETS_DIR, lambda: secrets.token_urlsafe(15)),
     "db_password": (DB_SECRET_DIR, lambda: secrets.token_urlsafe(24)),
     "slurmdb_password": (SLURMDB_SECRET_DIR, lambda: secrets.token_urlsafe(24)),
 }

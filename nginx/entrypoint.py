@@ -7,7 +7,9 @@ once with a message naming it, before nginx starts.
 
   GALAXY_URL                the address users reach Galaxy at, e.g. https://galaxy.example.org
   GALAXY_MAX_UPLOAD_SIZE    largest upload, e.g. 10g, 512m or bytes (Galaxy gets the same value)
-  GALAXY_ANONYMOUS_UPLOADS  true: clients without a login may start resumable uploads
+  GALAXY_REQUIRE_LOGIN      false: clients without a login may upload and change what Galaxy
+                            lets them (Galaxy's anonymous use); true (default): only read
+  /etc/nginx/tls            GALAXY_TLS_DIR: fullchain.pem and privkey.pem there turn HTTPS on
 """
 import os
 import re
@@ -16,6 +18,11 @@ from urllib.parse import urlsplit
 
 SETTINGS = "/tmp/nginx/settings.conf"
 SERVER_NAME = "/tmp/nginx/server_name.conf"
+UPLOAD_SIZE = "/tmp/nginx/upload-size.conf"
+LISTEN_DEFAULT = "/tmp/nginx/listen-default.conf"
+LISTEN_GALAXY = "/tmp/nginx/listen-galaxy.conf"
+TLS_DIR = "/etc/nginx/tls"
+TLS_FILES = ("fullchain.pem", "privkey.pem")  # certbot's names
 UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
 
 
@@ -54,6 +61,35 @@ def public_url(name, default):
     return parts.scheme, parts.hostname, parts.netloc
 
 
+def tls_files(directory):
+    """(certificate, key) in GALAXY_TLS_DIR, checked to belong together; None: no HTTPS."""
+    paths = [os.path.join(directory, name) for name in TLS_FILES]
+    # lexists: certbot's live/ files are links into archive/; mounted without it, they dangle.
+    present = [os.path.lexists(path) for path in paths]
+    if not any(present):
+        return None
+    if not all(present):
+        have, lack = (TLS_FILES[0], TLS_FILES[1]) if present[0] else (TLS_FILES[1], TLS_FILES[0])
+        fail(f"GALAXY_TLS_DIR holds {have} but not {lack}: put both there (the certificate with "
+             "its chain, and its key), or neither for plain HTTP")
+    dangling = [path for path in paths if not os.path.exists(path)]
+    if dangling:
+        fail(f"GALAXY_TLS_DIR: {dangling[0]} is a link to a file this container can't see "
+             "(certbot's live/ folder links into archive/): mount the folder above both, or "
+             "copy the files")
+    import ssl
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(*paths)
+    except PermissionError as e:
+        fail(f"GALAXY_TLS_DIR: {e.filename} is not readable by nginx's user (uid {os.getuid()}): "
+             "make the files readable to it, e.g. chmod 644 fullchain.pem, chgrp "
+             f"{os.getgid()} privkey.pem && chmod 640 privkey.pem")
+    except (ssl.SSLError, ValueError) as e:
+        fail(f"GALAXY_TLS_DIR: {TLS_FILES[0]} and {TLS_FILES[1]} are not a certificate and its "
+             f"matching key ({e})")
+    return paths
+
+
 def human(size):
     for unit, scale in (("GiB", 1024 ** 3), ("MiB", 1024 ** 2), ("KiB", 1024)):
         if size >= scale:
@@ -71,7 +107,7 @@ def greater_than(limit):
     return rf"^0*(?:{'|'.join([longer, *same_length])})$"
 
 
-def render(url, max_upload, anonymous_uploads):
+def render(url, max_upload, require_login, tls=None):
     scheme, _, authority = url
     message = (f"This upload is larger than the limit of this Galaxy server, {human(max_upload)} "
                "(GALAXY_MAX_UPLOAD_SIZE).")
@@ -87,7 +123,6 @@ map $host $galaxy_scheme {{
 map $host $misdirected_json {{
     default '{{"err_msg": "{misdirected}", "err_code": 421}}';
 }}
-client_max_body_size {max_upload};
 # A resumable (TUS) upload announces its total size when it is created: refuse it there.
 map $http_upload_length $upload_too_large {{
     default 0;
@@ -96,19 +131,80 @@ map $http_upload_length $upload_too_large {{
 map $host $upload_too_large_json {{
     default '{{"err_msg": "{message}", "err_code": 413}}';
 }}
-map $host $anonymous_uploads {{
-    default {1 if anonymous_uploads else 0};
+# 1: only a registered user may make this request (see the /_auth/ locations).
+map $request_method $login_to_change {{
+    GET 0;
+    HEAD 0;
+    OPTIONS 0;
+    default {int(require_login)};
+}}
+map $request_method $login_always {{
+    OPTIONS 0;
+    default {int(require_login)};
+}}
+""" + (tls_settings(*tls, authority) if tls else """# No certificate in GALAXY_TLS_DIR: plain HTTP.
+map $host $redirect_to_https {
+    default 0;
+}
+map $host $hsts {
+    default "";
+}
+""")
+
+
+# Mozilla's "intermediate" configuration (forward secrecy, AEAD ciphers only).
+CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+           "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+           "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384")
+
+
+def tls_settings(certificate, key, authority):
+    # HSTS makes browsers rewrite http://host:port to https://host:port: right only when HTTPS is
+    # on the standard port, where plain HTTP (port 80) is a different port.
+    hsts = "max-age=31536000" if ":" not in authority.rsplit("]", 1)[-1] else ""
+    return f"""# HTTPS with the certificate in GALAXY_TLS_DIR (Mozilla's "intermediate" settings).
+ssl_certificate {certificate};
+ssl_certificate_key {key};
+ssl_protocols TLSv1.2 TLSv1.3;
+ssl_ciphers {CIPHERS};
+ssl_prefer_server_ciphers off;
+ssl_session_cache shared:TLS:10m;
+ssl_session_timeout 1d;
+ssl_session_tickets off;
+# On HTTPS answers, when GALAXY_URL uses the standard port 443 (response-headers.conf).
+map $scheme $hsts {{
+    https "{hsts}";
+    default "";
+}}
+# Plain HTTP is sent to HTTPS, but for the health check.
+map "$scheme $uri" $redirect_to_https {{
+    "http /nginx-health" 0;
+    "~^http " 1;
+    default 0;
 }}
 """
+
+
+def listen(tls, default=False):
+    suffix = " default_server" if default else ""
+    return f"listen 8080{suffix};\n" + (f"listen 8443 ssl http2{suffix};\n" if tls else "")
 
 
 def main(argv):
     url = public_url("GALAXY_URL", "http://localhost:8080")
     max_upload = size_in_bytes("GALAXY_MAX_UPLOAD_SIZE", "10g")
-    anonymous_uploads = flag("GALAXY_ANONYMOUS_UPLOADS", "false")
+    require_login = flag("GALAXY_REQUIRE_LOGIN", "true")
+    tls = tls_files(TLS_DIR)
+    if tls and url[0] != "https":
+        fail(f"GALAXY_URL={os.environ.get('GALAXY_URL')!r} is http, but GALAXY_TLS_DIR holds a "
+             "certificate: set GALAXY_URL to the https:// address users reach")
     os.makedirs(os.path.dirname(SETTINGS), exist_ok=True)
-    with open(SETTINGS, "w") as f:
-        f.write(render(url, max_upload, anonymous_uploads))
+    for path, text in ((SETTINGS, render(url, max_upload, require_login, tls)),
+                       (UPLOAD_SIZE, f"client_max_body_size {max_upload};\n"),
+                       (LISTEN_DEFAULT, listen(tls, default=True)),
+                       (LISTEN_GALAXY, listen(tls))):
+        with open(path, "w") as f:
+            f.write(text)
     with open(SERVER_NAME, "w") as f:
         f.write(f"server_name {url[1]};\n")
     os.execvp(argv[0], argv)

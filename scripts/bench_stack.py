@@ -32,6 +32,7 @@ class Stack:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.env = {**os.environ, "GALAXY_PORT": f"127.0.0.1:{port}", "GALAXY_URL": self.url,
+                    "GALAXY_HTTPS_PORT": f"127.0.0.1:{free_port()}",
                     **settings}
         self.base = [*compose_command(), "-p", self.project]
 

@@ -26,8 +26,8 @@ from helpers import STACK_TIMEOUT, UPLOAD_LIMIT, create_user, docker, wait_for  
 
 # Modules in the order they change the stack: plain use first, then restarts, then scaling out.
 # Galaxy alone (test_standalone) runs before the stack is up.
-MODULE_ORDER = ["unit", "test_standalone", "test_foundation", "test_security", "test_proxy",
-                "test_cluster", "test_scaling"]
+MODULE_ORDER = ["unit", "test_standalone", "test_foundation", "test_security", "test_front_door",
+                "test_proxy", "test_cluster", "test_scaling"]
 
 
 def pytest_collection_modifyitems(items):
@@ -135,6 +135,7 @@ class Stack:
 def stack(docker_services):
     port = int(os.environ.get("SG_TEST_PORT") or free_port())
     os.environ["GALAXY_PORT"] = f"127.0.0.1:{port}"
+    os.environ["GALAXY_HTTPS_PORT"] = f"127.0.0.1:{free_port()}"
     os.environ["GALAXY_URL"] = f"http://127.0.0.1:{port}"
     # Small enough that the tests can go over it quickly.
     os.environ["GALAXY_MAX_UPLOAD_SIZE"] = UPLOAD_LIMIT

@@ -147,8 +147,9 @@ def test_the_job_runs_on_a_node_as_the_job_user(stack, admin, attack):
 # The secrets each long-running service holds (compose.yml, compose.slurm.yml): what its role
 # needs, nothing else. Read as root in each container.
 SECRETS_HELD = {
-    "web": {"id_secret", "admin_api_key", "db_password"},
-    "runner": {"id_secret", "admin_api_key", "db_password", "munge.key"},
+    # Galaxy's own volume: admin_password too (first-admin's; admin_api_key is more already).
+    "web": {"id_secret", "admin_api_key", "admin_password", "db_password"},
+    "runner": {"id_secret", "admin_api_key", "admin_password", "db_password", "munge.key"},
     "postgres": {"db_password"},
     "mariadb": {"slurmdb_password"},
     "slurmdbd": {"slurmdb_password", "munge.key"},
@@ -264,7 +265,8 @@ def test_init_brings_an_earlier_layout_over(stack):
         owners = run("-c", "; ".join(f"stat -c '{name} %U %a' {d}/{name}" for name, d in now.items()))
         assert owners.splitlines() == ["munge.key munge 400", "id_secret galaxy 400",
                                        "db_password galaxy 400", "slurmdb_password root 400"]
-        assert run("-c", "ls -A /var/lib/galaxy-secrets").split() == ["admin_api_key", "id_secret"]
+        assert run("-c", "ls -A /var/lib/galaxy-secrets").split() == ["admin_api_key", "admin_password",
+                                                                         "id_secret"]
         for name, value in earlier.items():
             assert run("-c", f"cat {now[name]}/{name}").strip() == value
         moved = run("-c", "stat -c %U /srv/galaxy-jobs/000/7/out; cat /srv/galaxy-jobs/000/7/out")
