@@ -45,6 +45,8 @@ def stack_environment():
     os.environ["GALAXY_CONFIG_OVERRIDE_DATABASE_CONNECTION"] = (
         f"postgresql://{user}:{password}@{host}:{port}/{db}")
     os.environ["GALAXY_CONFIG_OVERRIDE_ID_SECRET"] = read_secret("id_secret")
+    # Handlers too check who is admin (workflow scheduling, job limits).
+    os.environ["GALAXY_CONFIG_OVERRIDE_ADMIN_USERS"] = setting("GALAXY_ADMIN_EMAIL")
 
 
 def standalone_environment():
@@ -95,7 +97,6 @@ def role_web():
         trusted = trusted or public_subnet()
         log(f"trusting X-Forwarded-* headers from {trusted}")
         os.environ["GALAXY_CONFIG_OVERRIDE_SERVER_NAME"] = replica_name("web")
-        os.environ["GALAXY_CONFIG_OVERRIDE_ADMIN_USERS"] = setting("GALAXY_ADMIN_EMAIL")
         if bootstrap_key_on():
             os.environ["GALAXY_CONFIG_OVERRIDE_BOOTSTRAP_ADMIN_API_KEY"] = read_secret("admin_api_key")
     else:

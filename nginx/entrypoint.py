@@ -198,6 +198,9 @@ def main(argv):
     if tls and url[0] != "https":
         fail(f"GALAXY_URL={os.environ.get('GALAXY_URL')!r} is http, but GALAXY_TLS_DIR holds a "
              "certificate: set GALAXY_URL to the https:// address users reach")
+    print("nginx-entrypoint: " + (f"HTTPS on, with {tls[0]}" if tls else
+                                  "plain HTTP only: no certificate in GALAXY_TLS_DIR"),
+          file=sys.stderr, flush=True)
     os.makedirs(os.path.dirname(SETTINGS), exist_ok=True)
     for path, text in ((SETTINGS, render(url, max_upload, require_login, tls)),
                        (UPLOAD_SIZE, f"client_max_body_size {max_upload};\n"),
