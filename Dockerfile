@@ -84,7 +84,7 @@ CMD ["web"]
 # to the configuration or the entrypoint rebuilds just these two steps.
 COPY --from=venv /opt/galaxy/venv /opt/galaxy/venv
 COPY config/galaxy.yml /etc/galaxy/
-# The stack's job routing, named by GALAXY_CONFIG_OVERRIDE_JOB_CONFIG_FILE in compose.yml. Not in
+# The stack's job routing, with its limits added by the entrypoint (stack_environment). Not in
 # /etc/galaxy itself: Galaxy loads <config dir>/job_conf.yml unasked, and Galaxy run alone must keep
 # its default (its one process handles jobs with the local runner).
 COPY config/job_conf.yml config/tpv.yml /etc/galaxy/stack/

@@ -4,7 +4,8 @@
   web        gunicorn serving Galaxy (alone: SQLite + local runner; in the stack: never runs jobs)
   init       one-shot, as root: generate this deployment's secrets once, own the shared volume
   migrate    one-shot: create Galaxy's database schema, or upgrade it
-  first-admin  one-shot: the admin's account (GALAXY_ADMIN_EMAIL), before anyone can register it
+  first-admin  one-shot: the admin's account (GALAXY_ADMIN_EMAIL) before anyone can register it;
+               the default quota
   handler    Galaxy job handler (galaxy-main): TPV routes each job to Slurm or runs it locally
   slurmctld  the Slurm controller                                      [runner image]
   slurmdbd   Slurm's accounting daemon (job records for sacct)         [runner image]
@@ -47,6 +48,35 @@ def stack_environment():
     os.environ["GALAXY_CONFIG_OVERRIDE_ID_SECRET"] = read_secret("id_secret")
     # Handlers too check who is admin (workflow scheduling, job limits).
     os.environ["GALAXY_CONFIG_OVERRIDE_ADMIN_USERS"] = setting("GALAXY_ADMIN_EMAIL")
+    os.environ["GALAXY_CONFIG_OVERRIDE_JOB_CONFIG_FILE"] = job_config_with_limits()
+
+
+# The stack's job configuration (in the images; Galaxy alone uses Galaxy's default).
+STACK_JOB_CONF = "/etc/galaxy/stack/job_conf.yml"
+# Galaxy's per-user limits: setting -> (job_conf limit, default).
+JOB_LIMITS = {
+    "GALAXY_USER_CONCURRENT_JOBS": ("registered_user_concurrent_jobs", "8"),
+    "GALAXY_ANONYMOUS_CONCURRENT_JOBS": ("anonymous_user_concurrent_jobs", "2"),
+}
+
+
+def job_config_with_limits():
+    """STACK_JOB_CONF with the limits from the environment: a user's jobs beyond the limit stay
+    new until one of theirs ends (queued and running ones count, on every handler). 0: no limit,
+    as Galaxy reads 0. Written to a file of this container's own (never through a link)."""
+    import tempfile
+
+    import yaml
+    with open(STACK_JOB_CONF) as f:
+        conf = yaml.safe_load(f)
+    conf["limits"] = [{"type": limit, "value": int(setting(name, default, r"\d+",
+                                                           "a whole number of jobs (0: no limit)"))}
+                      for name, (limit, default) in JOB_LIMITS.items()]
+    fd, path = tempfile.mkstemp(prefix="galaxy-job-conf-", suffix=".yml")
+    os.fchmod(fd, 0o644)  # the handler writes it as root and runs Galaxy as galaxy
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(conf, f, sort_keys=False)
+    return path
 
 
 def standalone_environment():
@@ -210,20 +240,24 @@ def bootstrap_key_on():
 def role_first_admin():
     """One-shot: the account of GALAXY_ADMIN_EMAIL, made through Galaxy's API with the bootstrap
     key before nginx lets anyone in (compose.yml), so nobody can claim the admin's address by
-    registering first. Its password is the admin_password secret. An existing account is kept."""
+    registering first. Its password is the admin_password secret. An existing account is kept.
+    Then the default quota (GALAXY_DEFAULT_QUOTA), on every start."""
     import json
     import urllib.error
     import urllib.request
     email = setting("GALAXY_ADMIN_EMAIL", pattern=r"[^@\s]+@[^@\s]+\.[^@\s]+", form="an email address")
+    quota = default_quota_setting()
     galaxy = "http://web:8080"  # any replica (compose.yml: backend network)
     if not bootstrap_key_on():
-        log("GALAXY_BOOTSTRAP_API_KEY=false: the admin's account is the site's own business now")
+        log("GALAXY_BOOTSTRAP_API_KEY=false: the admin's account and the default quota are the "
+            "admin's own business now (Admin > Users, Admin > Quotas)")
         return
     key = read_secret("admin_api_key")
 
-    def call(path, body=None, exists_ok=False):
+    def call(path, body=None, exists_ok=False, method=None):
         request = urllib.request.Request(
-            galaxy + path, data=body and json.dumps(body).encode(), method="POST" if body else "GET",
+            galaxy + path, data=body and json.dumps(body).encode(),
+            method=method or ("POST" if body else "GET"),
             headers={"x-api-key": key, "content-type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
@@ -243,9 +277,45 @@ def role_first_admin():
                                   "password": read_secret("admin_password")}, exists_ok=True)
     if created is None:  # Galaxy compares addresses without case, deleted accounts included
         log(f"the admin account {email} exists; it keeps its password")
-        return
-    log(f"made the admin account {email}; its password: "
-        f"docker compose exec web cat {secret_path('admin_password')}")
+    else:
+        log(f"made the admin account {email}; its password: "
+            f"docker compose exec web cat {secret_path('admin_password')}")
+    set_default_quota(call, quota)
+
+
+# The quota first-admin keeps at GALAXY_DEFAULT_QUOTA: Galaxy's default for registered users.
+DEFAULT_QUOTA = "Default (GALAXY_DEFAULT_QUOTA)"
+
+
+def default_quota_setting():
+    """GALAXY_DEFAULT_QUOTA, checked with Galaxy's own parser: a size or `unlimited`."""
+    value = setting("GALAXY_DEFAULT_QUOTA", "250GB", form="a size like 250GB, 1TB, 500GiB, or unlimited")
+    if value.lower() != "unlimited":
+        from galaxy.util import size_to_bytes
+        try:
+            size_to_bytes(value)
+        except ValueError:
+            fail(f"GALAXY_DEFAULT_QUOTA={value!r} is malformed; expected a size like 250GB, 1TB, "
+                 "500GiB, or unlimited")
+    return value
+
+
+def set_default_quota(call, amount):
+    """Galaxy's default quota for registered users, made once and kept at `amount` on every
+    start (users' and groups' own quotas, made by the admin, take precedence in Galaxy)."""
+    ours = next((q for q in call("/api/quotas") if q["name"] == DEFAULT_QUOTA), None)
+    if ours is None:
+        made = call("/api/quotas", {
+            "name": DEFAULT_QUOTA, "amount": amount, "operation": "=", "default": "registered",
+            "description": "Every registered user's disk quota, from .env: change it there"},
+            exists_ok=True)
+        if made is None:  # listed among the deleted ones
+            log(f"the quota {DEFAULT_QUOTA!r} was deleted in Galaxy; it stays deleted")
+            return
+    else:
+        call(f"/api/quotas/{ours['id']}", {"amount": amount, "operation": "=",
+                                           "default": "registered"}, method="PUT")
+    log(f"every registered user's default quota: {amount}")
 
 
 def role_handler():

@@ -22,12 +22,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 from compose_stack import (  # noqa: E402
     ComposeError, compose_command, free_port, prune_replaced_images, wait_healthy)
-from helpers import STACK_TIMEOUT, UPLOAD_LIMIT, create_user, docker, wait_for  # noqa: E402
+from helpers import (  # noqa: E402
+    DEFAULT_QUOTA, JOB_LIMIT, STACK_TIMEOUT, UPLOAD_LIMIT, create_user, docker, wait_for)
 
 # Modules in the order they change the stack: plain use first, then restarts, then scaling out.
 # Galaxy alone (test_standalone) runs before the stack is up.
 MODULE_ORDER = ["unit", "test_standalone", "test_foundation", "test_security", "test_front_door",
-                "test_proxy", "test_cluster", "test_scaling"]
+                "test_limits", "test_proxy", "test_cluster", "test_scaling"]
 
 
 def pytest_collection_modifyitems(items):
@@ -69,17 +70,37 @@ def docker_setup():
 
 @pytest.fixture(scope="session")
 def docker_cleanup():
-    if os.environ.get("SG_TEST_KEEP_STACK"):  # while developing: leave it up for the next run
-        return []
-    return ["down -v --remove-orphans --timeout 30"]
+    # The `stack` fixture tears the stack down itself (see tear_down).
+    return []
+
+
+def tear_down(stack):
+    """`down -v`, once more while the engine still holds a removed container's network endpoint
+    ("has active endpoints": Docker 20.10 can release it a moment after the container is gone).
+    Anything else, or an endpoint still held after a minute, fails the session with the network's
+    remaining endpoints named."""
+    down = "down -v --remove-orphans --timeout 30"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            stack.compose(down)
+            return
+        except Exception as e:
+            if "active endpoints" not in str(e) or time.monotonic() > deadline:
+                held = docker(["network", "ls", "-q", "--filter", f"name={stack.project}_"]).split()
+                endpoints = docker(["network", "inspect", "-f", "{{.Name}}: {{json .Containers}}",
+                                    *held]) if held else ""
+                raise RuntimeError(f"the stack did not come down: {e}\n{endpoints}") from e
+            time.sleep(3)
 
 
 class Stack:
     """The running stack: compose commands, its URL, and what a failing test prints."""
 
-    def __init__(self, services, url):
+    def __init__(self, services, url, project):
         self.services = services
         self.url = url
+        self.project = project
 
     def compose(self, subcommand):
         return self.services._docker_compose.execute(subcommand).decode()
@@ -132,24 +153,30 @@ class Stack:
 
 
 @pytest.fixture(scope="session")
-def stack(docker_services):
+def stack(docker_services, docker_compose_project_name):
     port = int(os.environ.get("SG_TEST_PORT") or free_port())
     os.environ["GALAXY_PORT"] = f"127.0.0.1:{port}"
     os.environ["GALAXY_HTTPS_PORT"] = f"127.0.0.1:{free_port()}"
     os.environ["GALAXY_URL"] = f"http://127.0.0.1:{port}"
     # Small enough that the tests can go over it quickly.
     os.environ["GALAXY_MAX_UPLOAD_SIZE"] = UPLOAD_LIMIT
-    s = Stack(docker_services, os.environ["GALAXY_URL"])
+    os.environ["GALAXY_DEFAULT_QUOTA"] = DEFAULT_QUOTA
+    os.environ["GALAXY_USER_CONCURRENT_JOBS"] = str(JOB_LIMIT)
+    s = Stack(docker_services, os.environ["GALAXY_URL"], docker_compose_project_name)
     prune_replaced_images()  # the images `build` just replaced
     started = time.monotonic()
     try:
-        s.compose("up -d")
-        s.wait_ready()
-    except Exception:
-        print(s.report())
-        raise
-    PHASES["stack up"] = time.monotonic() - started
-    return s
+        try:
+            s.compose("up -d")
+            s.wait_ready()
+        except Exception:
+            print(s.report())
+            raise
+        PHASES["stack up"] = time.monotonic() - started
+        yield s
+    finally:
+        if not os.environ.get("SG_TEST_KEEP_STACK"):  # while developing: left up for the next run
+            tear_down(s)
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,10 @@ STACK_TIMEOUT = float(os.environ.get("SG_TEST_STACK_TIMEOUT", "900"))
 JOB_WAIT = 600
 # GALAXY_MAX_UPLOAD_SIZE of the test stack: small enough to go over quickly.
 UPLOAD_LIMIT = "64m"
+# GALAXY_DEFAULT_QUOTA of the test stack (Galaxy counts in powers of 1000), and
+# GALAXY_USER_CONCURRENT_JOBS: no test needs more of either.
+DEFAULT_QUOTA, DEFAULT_QUOTA_BYTES = "10GB", 10 ** 10
+JOB_LIMIT = 4
 
 
 def docker(command):

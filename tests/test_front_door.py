@@ -19,8 +19,10 @@ from helpers import docker, log_in, upload, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 TUS = "/api/upload/resumable_upload/"
-# nginx's limit for a request body outside the upload paths (nginx/nginx.conf).
-SMALL_BODY_LIMIT = 8 * 1024 * 1024
+# nginx's limit for a request body outside the upload paths, and for a workflow as JSON
+# (nginx/nginx.conf).
+SMALL_BODY_LIMIT = 1024 * 1024
+WORKFLOW_JSON_LIMIT = 8 * 1024 * 1024
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -139,13 +141,13 @@ def test_remote_runner_file_api_is_not_served(stack, user):
         assert r.status_code == 404 and "remote job runners" in r.json()["err_msg"], (path, r.text)
 
 
-def announce(stack, method, path, length, headers=()):
+def announce(stack, method, path, length, headers=(), content_type="application/json"):
     """Send only a request's head, announcing a body of `length` bytes: nginx's answer."""
     url = urlsplit(stack.url)
     connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
     try:
         connection.putrequest(method, path)
-        for name, value in [("Content-Length", str(length)), ("Content-Type", "application/json"),
+        for name, value in [("Content-Length", str(length)), ("Content-Type", content_type),
                             *headers]:
             connection.putheader(name, value)
         connection.endheaders()
@@ -176,14 +178,28 @@ UPLOAD_ROUTES = [("POST", "/api/tools/fetch"), ("POST", "/api/tools"), ("POST", 
 
 
 @pytest.mark.parametrize("method, path", UPLOAD_ROUTES)
-def test_upload_routes_take_large_bodies(stack, user, method, path):
-    """A body over the small limit reaches Galaxy on every route that takes uploads: Galaxy
-    answers (it finds no valid upload in it), not nginx's 413."""
-    body = b'{"junk": "' + b"x" * (SMALL_BODY_LIMIT + 1024) + b'"}'
-    r = requests.request(method, f"{stack.url}{path}", data=body, timeout=60,
-                         headers={"x-api-key": user.key, "Content-Type": "application/json"})
+def test_upload_routes_take_large_files_but_no_large_json(stack, user, method, path):
+    """A file over the small limit reaches Galaxy on every route that takes uploads: Galaxy
+    answers (it finds no valid upload in it), not nginx's 413. A JSON document as large gets
+    413 before it is sent: no web worker parses it."""
+    files = {"archive_file": ("junk.bin", b"x" * (SMALL_BODY_LIMIT + 1024))}
+    r = requests.request(method, f"{stack.url}{path}", files=files, timeout=60,
+                         headers={"x-api-key": user.key})
     # Galaxy's answer (some routes need Celery, which this stack doesn't run yet: 500), not nginx's.
     assert r.status_code != 413 and "larger than" not in r.text, (r.status_code, r.text[:300])
+    json_limit = WORKFLOW_JSON_LIMIT if path.startswith("/api/workflows") else SMALL_BODY_LIMIT
+    status, body = announce(stack, method, path, json_limit + 1024, [("x-api-key", user.key)])
+    assert status == 413 and "upload" in json.loads(body)["err_msg"], (status, body)
+
+
+def test_a_workflow_up_to_its_limit_is_taken_as_json(stack, user):
+    """The editor saves a whole workflow as JSON: more than the small limit reaches Galaxy."""
+    body = json.dumps({"workflow": {"a_galaxy_workflow": "true", "format-version": "0.1",
+                                    "name": "big", "annotation": "", "steps": {},
+                                    "report": {"markdown": "x" * (2 * SMALL_BODY_LIMIT)}}})
+    r = requests.post(f"{stack.url}/api/workflows", data=body, timeout=60,
+                      headers={"x-api-key": user.key, "Content-Type": "application/json"})
+    assert r.status_code == 200 and r.json()["name"] == "big", (r.status_code, r.text[:300])
 
 
 def test_nobody_can_claim_the_admin_account(stack, admin):

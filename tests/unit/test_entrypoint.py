@@ -1,8 +1,11 @@
 """Unit tests of the Galaxy images' entrypoint modules: settings checks, secrets, replica names,
 the upload limit, the external cluster's files."""
 import os
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_setting_returns_a_valid_value(settings, monkeypatch):
@@ -150,3 +153,27 @@ def test_no_default_route_means_no_trusted_network(entrypoint, tmp_path, capsys)
     with pytest.raises(SystemExit):
         entrypoint.public_subnet(str(routes))
     assert "GALAXY_TRUSTED_PROXIES" in capsys.readouterr().err
+
+
+def test_job_limits_join_the_stacks_job_conf(entrypoint, monkeypatch, tmp_path):
+    import yaml
+    monkeypatch.setattr(entrypoint, "STACK_JOB_CONF", str(ROOT / "config" / "job_conf.yml"))
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    monkeypatch.setenv("GALAXY_USER_CONCURRENT_JOBS", "3")
+    monkeypatch.setenv("GALAXY_ANONYMOUS_CONCURRENT_JOBS", "0")
+    path = entrypoint.job_config_with_limits()
+    conf = yaml.safe_load(open(path))
+    assert conf["limits"] == [{"type": "registered_user_concurrent_jobs", "value": 3},
+                              {"type": "anonymous_user_concurrent_jobs", "value": 0}]
+    assert conf["execution"]["default"] == "tpv_dispatcher"
+    assert os.stat(path).st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("value", ["", "many", "-1", "2.5"])
+def test_malformed_job_limit_is_refused(entrypoint, monkeypatch, capsys, tmp_path, value):
+    monkeypatch.setattr(entrypoint, "STACK_JOB_CONF", str(ROOT / "config" / "job_conf.yml"))
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    monkeypatch.setenv("GALAXY_USER_CONCURRENT_JOBS", value)
+    with pytest.raises(SystemExit):
+        entrypoint.job_config_with_limits()
+    assert "GALAXY_USER_CONCURRENT_JOBS" in capsys.readouterr().err
