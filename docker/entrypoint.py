@@ -21,8 +21,8 @@ import subprocess
 import sys
 
 import cluster
-from settings import (DATA_DIR, DB_SECRET_DIR, MUNGE_KEY, SECRET_FILES, SECRETS_DIR,
-                      SLURMDB_SECRET_DIR, ensure_local_tool_conf, fail, log, read_secret,
+from settings import (BROKER_SECRET_DIR, DATA_DIR, DB_SECRET_DIR, MUNGE_KEY, SECRET_FILES,
+                      SECRETS_DIR, SLURMDB_SECRET_DIR, ensure_local_tool_conf, fail, log, read_secret,
                       replica_name, secret_path, setting, write_once)
 
 GALAXY_CONFIG = "/etc/galaxy/galaxy.yml"
@@ -51,7 +51,16 @@ def stack_environment():
     os.environ["GALAXY_CONFIG_OVERRIDE_JOB_CONFIG_FILE"] = job_config_with_limits()
 
 
-# The stack's job configuration (in the images; Galaxy alone uses Galaxy's default).
+def control_bus():
+    """Galaxy's processes tell each other about toolbox reloads and job locks through RabbitMQ
+    (the rabbitmq service; Galaxy's default would poll PostgreSQL through kombu's SQL transport)."""
+    password = read_secret("broker_password")
+    os.environ["GALAXY_CONFIG_OVERRIDE_AMQP_INTERNAL_CONNECTION"] = (
+        f"pyamqp://galaxy:{password}@rabbitmq:5672/galaxy")
+
+
+# The stack's job configuration (in the images; Galaxy alone uses Galaxy's default). A site's
+# own, named by GALAXY_CONFIG_OVERRIDE_JOB_CONFIG_FILE, replaces it.
 STACK_JOB_CONF = "/etc/galaxy/stack/job_conf.yml"
 # Galaxy's per-user limits: setting -> (job_conf limit, default).
 JOB_LIMITS = {
@@ -61,22 +70,42 @@ JOB_LIMITS = {
 
 
 def job_config_with_limits():
-    """STACK_JOB_CONF with the limits from the environment: a user's jobs beyond the limit stay
-    new until one of theirs ends (queued and running ones count, on every handler). 0: no limit,
-    as Galaxy reads 0. Written to a file of this container's own (never through a link)."""
+    """The job configuration with the limits from the environment added: a user's jobs beyond
+    the limit stay new until one of theirs ends (queued and running ones count, on every
+    handler). 0: no limit. A limit the configuration sets itself wins. Written to a file of
+    this container's own (never through a link)."""
     import tempfile
 
     import yaml
-    with open(STACK_JOB_CONF) as f:
-        conf = yaml.safe_load(f)
-    conf["limits"] = [{"type": limit, "value": int(setting(name, default, r"\d+",
-                                                           "a whole number of jobs (0: no limit)"))}
-                      for name, (limit, default) in JOB_LIMITS.items()]
+    source = os.environ.get("GALAXY_CONFIG_OVERRIDE_JOB_CONFIG_FILE") or STACK_JOB_CONF
+    try:
+        with open(source) as f:
+            conf = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        fail(f"GALAXY_CONFIG_OVERRIDE_JOB_CONFIG_FILE={source!r} can't be read as YAML: {e}")
+    limits = conf.setdefault("limits", [])
+    own = {limit.get("type") for limit in limits}
+    for name, (limit, default) in JOB_LIMITS.items():
+        value = int(setting(name, default, r"\d+", "a whole number of jobs (0: no limit)"))
+        if value and limit not in own:
+            limits.append({"type": limit, "value": value})
     fd, path = tempfile.mkstemp(prefix="galaxy-job-conf-", suffix=".yml")
     os.fchmod(fd, 0o644)  # the handler writes it as root and runs Galaxy as galaxy
     with os.fdopen(fd, "w") as f:
         yaml.safe_dump(conf, f, sort_keys=False)
     return path
+
+
+def memory_limit():
+    """This container's memory limit in bytes (cgroup v2 or v1), or None."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                value = f.read().strip()
+        except OSError:
+            continue
+        return None if value == "max" or int(value) >= 2 ** 62 else int(value)
+    return None
 
 
 def standalone_environment():
@@ -117,6 +146,10 @@ def public_subnet(route_table="/proc/net/route"):
 
 def role_web():
     workers = setting("GALAXY_WEB_WORKERS", "1", r"[1-9]\d*", "a positive whole number")
+    limit = memory_limit()
+    if limit and limit < (int(workers) + 1) << 30:
+        log(f"warning: {workers} gunicorn workers in {limit >> 20} MiB: each takes about 1 GiB, "
+            "a large request more; raise GALAXY_WEB_MEMORY (README, Limits)")
     timeout = setting("GALAXY_WEB_TIMEOUT", "300", r"[1-9]\d*", "seconds, a whole number")
     os.environ["GALAXY_CONFIG_OVERRIDE_MAXIMUM_UPLOAD_FILE_SIZE"] = str(upload_limit())
     # Who may set X-Forwarded-*: GALAXY_TRUSTED_PROXIES (addresses or CIDRs, comma-separated);
@@ -124,6 +157,7 @@ def role_web():
     trusted = os.environ.get("GALAXY_TRUSTED_PROXIES")
     if os.environ.get("POSTGRES_HOST"):
         stack_environment()
+        control_bus()
         trusted = trusted or public_subnet()
         log(f"trusting X-Forwarded-* headers from {trusted}")
         os.environ["GALAXY_CONFIG_OVERRIDE_SERVER_NAME"] = replica_name("web")
@@ -151,10 +185,10 @@ def role_init():
         fail("the init role runs as root (compose.yml: user: root) to set volume ownership")
     import pwd
     galaxy = pwd.getpwnam("galaxy")
-    # Who reads each secret: Galaxy's processes run as galaxy; PostgreSQL, MariaDB and slurmdbd
-    # read theirs as root, before they drop to their own user; munged runs as munge.
-    owners = {SECRETS_DIR: galaxy, DB_SECRET_DIR: galaxy, SLURMDB_SECRET_DIR: pwd.getpwnam("root"),
-              os.path.dirname(MUNGE_KEY): pwd.getpwnam("munge")}
+    # Who reads each secret: Galaxy's processes run as galaxy; PostgreSQL, RabbitMQ, MariaDB and
+    # slurmdbd read theirs as root, before they drop to their own user; munged runs as munge.
+    owners = {SECRETS_DIR: galaxy, DB_SECRET_DIR: galaxy, BROKER_SECRET_DIR: galaxy,
+              SLURMDB_SECRET_DIR: pwd.getpwnam("root"), os.path.dirname(MUNGE_KEY): pwd.getpwnam("munge")}
     wanted = {secret_path(name): lambda make=make: make() + "\n"
               for name, (_, make) in SECRET_FILES.items()}
     # munged wants a key of at least 32 bytes.
@@ -322,6 +356,7 @@ def role_handler():
     """A job handler. Starts as root only to run munged as the munge user, then runs Galaxy as
     galaxy; its Slurm commands run as galaxy-job (cluster.connect_to_cluster)."""
     stack_environment()
+    control_bus()
     name = replica_name("handler")
     cluster.connect_to_cluster()
     os.environ.update(HOME="/home/galaxy", USER="galaxy", LOGNAME="galaxy")

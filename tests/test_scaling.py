@@ -10,7 +10,8 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from helpers import JOB_WAIT, log_in, nginx_upstreams, slurm_accounting, upload, wait_for
+from helpers import (JOB_WAIT, install_site_tool, log_in, nginx_upstreams, slurm_accounting,
+                     upload, wait_for)
 
 WEB_REPLICAS = 4
 HANDLERS = 3
@@ -41,6 +42,30 @@ def test_one_login_works_on_every_replica(stack, admin):
         r = session.get(f"{stack.url}/api/users/current?{marker}={i}", timeout=30)
         assert r.json().get("email") == f"{name}@example.org", r.text
     assert {a.split(":")[0] for a in nginx_upstreams(stack, marker)} == stack.addresses("web", "front")
+
+
+def test_a_toolbox_reload_reaches_every_replica_through_the_broker(stack, admin):
+    """A reload asked of one replica (through nginx) reaches every web replica and handler over
+    Galaxy's control bus, which is RabbitMQ: each process consumes its own queue there, and
+    PostgreSQL has no table of kombu's SQL transport (the bus no longer polls it)."""
+    stack.scale(web=2, runner=2)
+    tool_id = f"sg_bus_{uuid.uuid4().hex[:6]}"
+    # Returns once every web replica (asked directly) and a handler have the new tool.
+    tool = f"""<tool id="{tool_id}" name="Bus" version="1.0.0">
+    <command>echo ok &gt; '$out'</command>
+    <inputs/>
+    <outputs><data name="out" format="txt"/></outputs>
+</tool>
+"""
+    install_site_tool(stack, admin, tool_id, {f"{tool_id}.xml": tool})
+    rows = stack.exec("rabbitmq", "rabbitmqctl -q list_queues -p galaxy name consumers").split("\n")
+    consumed = {name.split("@")[0] for name, consumers in (r.split() for r in rows if r.strip())
+                if name.startswith("control.") and int(consumers) > 0}
+    assert consumed == {"control.web_1.1", "control.web_2.1", "control.handler_1",
+                        "control.handler_2"}, rows
+    kombu = stack.exec("postgres", "psql -U galaxy -d galaxy -At -c "
+                                   "\"select count(*) from pg_tables where tablename like 'kombu%'\"")
+    assert kombu.strip() == "0"
 
 
 def test_tus_upload_in_chunks_across_replicas(stack, user):

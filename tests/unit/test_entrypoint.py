@@ -161,10 +161,11 @@ def test_job_limits_join_the_stacks_job_conf(entrypoint, monkeypatch, tmp_path):
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     monkeypatch.setenv("GALAXY_USER_CONCURRENT_JOBS", "3")
     monkeypatch.setenv("GALAXY_ANONYMOUS_CONCURRENT_JOBS", "0")
+    monkeypatch.delenv("GALAXY_CONFIG_OVERRIDE_JOB_CONFIG_FILE", raising=False)
     path = entrypoint.job_config_with_limits()
     conf = yaml.safe_load(open(path))
-    assert conf["limits"] == [{"type": "registered_user_concurrent_jobs", "value": 3},
-                              {"type": "anonymous_user_concurrent_jobs", "value": 0}]
+    # 0 is no limit: left out.
+    assert conf["limits"] == [{"type": "registered_user_concurrent_jobs", "value": 3}]
     assert conf["execution"]["default"] == "tpv_dispatcher"
     assert os.stat(path).st_mode & 0o777 == 0o644
 
@@ -177,3 +178,18 @@ def test_malformed_job_limit_is_refused(entrypoint, monkeypatch, capsys, tmp_pat
     with pytest.raises(SystemExit):
         entrypoint.job_config_with_limits()
     assert "GALAXY_USER_CONCURRENT_JOBS" in capsys.readouterr().err
+
+
+def test_a_sites_own_job_conf_gets_the_limits_it_lacks(entrypoint, monkeypatch, tmp_path):
+    import yaml
+    site = tmp_path / "site_job_conf.yml"
+    site.write_text("runners: {local: {load: galaxy.jobs.runners.local:LocalJobRunner}}\n"
+                    "limits: [{type: registered_user_concurrent_jobs, value: 20}]\n")
+    monkeypatch.setenv("GALAXY_CONFIG_OVERRIDE_JOB_CONFIG_FILE", str(site))
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    monkeypatch.setenv("GALAXY_USER_CONCURRENT_JOBS", "3")
+    monkeypatch.setenv("GALAXY_ANONYMOUS_CONCURRENT_JOBS", "1")
+    conf = yaml.safe_load(open(entrypoint.job_config_with_limits()))
+    assert conf["limits"] == [{"type": "registered_user_concurrent_jobs", "value": 20},
+                              {"type": "anonymous_user_concurrent_jobs", "value": 1}]
+    assert "local" in conf["runners"]
