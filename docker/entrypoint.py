@@ -48,12 +48,15 @@ def stack_environment():
     os.environ["GALAXY_CONFIG_OVERRIDE_ID_SECRET"] = read_secret("id_secret")
     # Handlers too check who is admin (workflow scheduling, job limits).
     os.environ["GALAXY_CONFIG_OVERRIDE_ADMIN_USERS"] = setting("GALAXY_ADMIN_EMAIL")
+
+
+def server_environment():
+    """What a Galaxy server process of the stack (web replica, handler) adds: the job
+    configuration with the limits, and the control bus. Galaxy's processes tell each other about
+    toolbox reloads and job locks through RabbitMQ (the rabbitmq service; Galaxy's default would
+    poll PostgreSQL through kombu's SQL transport)."""
+    stack_environment()
     os.environ["GALAXY_CONFIG_OVERRIDE_JOB_CONFIG_FILE"] = job_config_with_limits()
-
-
-def control_bus():
-    """Galaxy's processes tell each other about toolbox reloads and job locks through RabbitMQ
-    (the rabbitmq service; Galaxy's default would poll PostgreSQL through kombu's SQL transport)."""
     password = read_secret("broker_password")
     os.environ["GALAXY_CONFIG_OVERRIDE_AMQP_INTERNAL_CONNECTION"] = (
         f"pyamqp://galaxy:{password}@rabbitmq:5672/galaxy")
@@ -156,8 +159,7 @@ def role_web():
     # in the stack, the public network nginx shares with us; alone, gunicorn's default (127.0.0.1).
     trusted = os.environ.get("GALAXY_TRUSTED_PROXIES")
     if os.environ.get("POSTGRES_HOST"):
-        stack_environment()
-        control_bus()
+        server_environment()
         trusted = trusted or public_subnet()
         log(f"trusting X-Forwarded-* headers from {trusted}")
         os.environ["GALAXY_CONFIG_OVERRIDE_SERVER_NAME"] = replica_name("web")
@@ -355,8 +357,7 @@ def set_default_quota(call, amount):
 def role_handler():
     """A job handler. Starts as root only to run munged as the munge user, then runs Galaxy as
     galaxy; its Slurm commands run as galaxy-job (cluster.connect_to_cluster)."""
-    stack_environment()
-    control_bus()
+    server_environment()
     name = replica_name("handler")
     cluster.connect_to_cluster()
     os.environ.update(HOME="/home/galaxy", USER="galaxy", LOGNAME="galaxy")

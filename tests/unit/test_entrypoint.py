@@ -155,41 +155,48 @@ def test_no_default_route_means_no_trusted_network(entrypoint, tmp_path, capsys)
     assert "GALAXY_TRUSTED_PROXIES" in capsys.readouterr().err
 
 
-def test_job_limits_join_the_stacks_job_conf(entrypoint, monkeypatch, tmp_path):
+@pytest.fixture
+def job_conf(entrypoint, monkeypatch, tmp_path):
+    """job_config_with_limits() on the repository's job conf, writing into tmp_path; its
+    result read back."""
     import yaml
     monkeypatch.setattr(entrypoint, "STACK_JOB_CONF", str(ROOT / "config" / "job_conf.yml"))
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    monkeypatch.delenv("GALAXY_CONFIG_OVERRIDE_JOB_CONFIG_FILE", raising=False)
+
+    def render():
+        path = entrypoint.job_config_with_limits()
+        assert os.stat(path).st_mode & 0o777 == 0o644
+        with open(path) as f:
+            return yaml.safe_load(f)
+    return render
+
+
+def test_job_limits_join_the_stacks_job_conf(job_conf, monkeypatch):
     monkeypatch.setenv("GALAXY_USER_CONCURRENT_JOBS", "3")
     monkeypatch.setenv("GALAXY_ANONYMOUS_CONCURRENT_JOBS", "0")
-    monkeypatch.delenv("GALAXY_CONFIG_OVERRIDE_JOB_CONFIG_FILE", raising=False)
-    path = entrypoint.job_config_with_limits()
-    conf = yaml.safe_load(open(path))
+    conf = job_conf()
     # 0 is no limit: left out.
     assert conf["limits"] == [{"type": "registered_user_concurrent_jobs", "value": 3}]
     assert conf["execution"]["default"] == "tpv_dispatcher"
-    assert os.stat(path).st_mode & 0o777 == 0o644
 
 
 @pytest.mark.parametrize("value", ["", "many", "-1", "2.5"])
-def test_malformed_job_limit_is_refused(entrypoint, monkeypatch, capsys, tmp_path, value):
-    monkeypatch.setattr(entrypoint, "STACK_JOB_CONF", str(ROOT / "config" / "job_conf.yml"))
-    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+def test_malformed_job_limit_is_refused(job_conf, monkeypatch, capsys, value):
     monkeypatch.setenv("GALAXY_USER_CONCURRENT_JOBS", value)
     with pytest.raises(SystemExit):
-        entrypoint.job_config_with_limits()
+        job_conf()
     assert "GALAXY_USER_CONCURRENT_JOBS" in capsys.readouterr().err
 
 
-def test_a_sites_own_job_conf_gets_the_limits_it_lacks(entrypoint, monkeypatch, tmp_path):
-    import yaml
+def test_a_sites_own_job_conf_gets_the_limits_it_lacks(job_conf, monkeypatch, tmp_path):
     site = tmp_path / "site_job_conf.yml"
     site.write_text("runners: {local: {load: galaxy.jobs.runners.local:LocalJobRunner}}\n"
                     "limits: [{type: registered_user_concurrent_jobs, value: 20}]\n")
     monkeypatch.setenv("GALAXY_CONFIG_OVERRIDE_JOB_CONFIG_FILE", str(site))
-    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     monkeypatch.setenv("GALAXY_USER_CONCURRENT_JOBS", "3")
     monkeypatch.setenv("GALAXY_ANONYMOUS_CONCURRENT_JOBS", "1")
-    conf = yaml.safe_load(open(entrypoint.job_config_with_limits()))
+    conf = job_conf()
     assert conf["limits"] == [{"type": "registered_user_concurrent_jobs", "value": 20},
                               {"type": "anonymous_user_concurrent_jobs", "value": 1}]
     assert "local" in conf["runners"]
