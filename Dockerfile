@@ -2,8 +2,8 @@
 #   web     Galaxy + gunicorn. Run alone it is Galaxy "out of the box" (SQLite, local job runner,
 #           one process); in the stack it is one web replica that never runs jobs.
 #   runner  the web image set up for the cluster roles: handler (Galaxy job handler), slurmctld,
-#           slurmdbd, node (slurmd). Nodes run it because a job ends by setting metadata with
-#           Galaxy's own venv, at the same path as in the handler.
+#           slurmdbd, node (slurmd). Nodes run it because Galaxy's own tools written in Python
+#           run with Galaxy's venv, at the same path as in the handler.
 #   nginx   the front door: Debian's nginx serving the static client of this same Galaxy build.
 # One file, so any builder (Compose v1, or v2's parallel BuildKit) can build the targets in any
 # order: shared stages are built once, and no image starts FROM another service's image.
@@ -12,7 +12,8 @@ ARG BASE_IMAGE=debian:bookworm-slim
 
 # The system layer of every Galaxy image, all of it before Galaxy itself: a RUN after the 1.6 GB
 # venv costs minutes on some storage drivers, and a Galaxy or config change never re-runs apt.
-# Debian's Python, and Slurm + munge for the runner image's roles (18 MB).
+# Debian's Python, Slurm + munge for the runner image's roles (18 MB), and Pango with one font
+# family for WeasyPrint, which renders page PDFs in the celery role (measured below the RUN).
 FROM ${BASE_IMAGE} AS python
 # Fixed uids/gids in every image: files on the shared volumes must mean the same owner everywhere.
 #   galaxy      Galaxy's processes: own its secrets, configuration, caches and datasets
@@ -35,12 +36,15 @@ RUN groupadd -g ${GALAXY_GID} galaxy \
  && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates curl \
         bzip2 unzip zip xz-utils procps sudo \
         slurmctld slurmd slurm-client slurmdbd munge \
+        libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core \
  && rm -rf /var/lib/apt/lists/* \
  # The package makes a munge key; keys are made per deployment by the init service instead.
  && rm -f /etc/munge/munge.key \
  # PMIx plugins need a library Debian doesn't install with slurmd; we run no MPI jobs.
  && find /usr/lib -path '*slurm*' -name 'mpi_pmix*.so' -delete \
- && install -d -o galaxy -g galaxy /srv/galaxy /var/lib/galaxy-secrets \
+ # /var/lib/galaxy-celery-beat: celery beat's schedule (a volume in the stack, which takes this
+ # owner when new).
+ && install -d -o galaxy -g galaxy /srv/galaxy /var/lib/galaxy-secrets /var/lib/galaxy-celery-beat \
  && install -d -o munge -g munge /run/munge \
  && install -d -o slurm -g slurm /var/spool/slurmctld /run/slurm \
  && install -d /var/spool/slurmd
@@ -90,6 +94,9 @@ COPY config/galaxy.yml /etc/galaxy/
 COPY config/job_conf.yml config/tpv.yml /etc/galaxy/stack/
 COPY docker/entrypoint.py docker/settings.py docker/cluster.py docker/job_directory.py \
      /usr/local/lib/galaxy-entrypoint/
+# What the stack adds to Galaxy's Python (its job runner class, its web app's answer when a task
+# can't be sent), importable by Galaxy.
+COPY docker/galaxy_stack/ /opt/galaxy/venv/lib/python3.11/site-packages/galaxy_stack/
 
 FROM web AS runner
 LABEL io.scalable-galaxy.image=runner

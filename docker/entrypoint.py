@@ -7,6 +7,9 @@
   first-admin  one-shot: the admin's account (GALAXY_ADMIN_EMAIL) before anyone can register it;
                the default quota
   handler    Galaxy job handler (galaxy-main): TPV routes each job to Slurm or runs it locally
+  celery     a Celery worker running Galaxy's background tasks (exports, PDFs, jobs' metadata)
+  celery-beat  Celery beat: sends Galaxy's periodic housekeeping tasks (run exactly one)
+  celery-ping  the celery role's healthcheck: its worker answers a ping through the broker
   slurmctld  the Slurm controller                                      [runner image]
   slurmdbd   Slurm's accounting daemon (job records for sacct)         [runner image]
   node       a Slurm compute node (registers itself dynamically)       [runner image]
@@ -21,9 +24,9 @@ import subprocess
 import sys
 
 import cluster
-from settings import (BROKER_SECRET_DIR, DATA_DIR, DB_SECRET_DIR, MUNGE_KEY, SECRET_FILES,
-                      SECRETS_DIR, SLURMDB_SECRET_DIR, ensure_local_tool_conf, fail, log, read_secret,
-                      replica_name, secret_path, setting, write_once)
+from settings import (BROKER_SECRET_DIR, DATA_DIR, DB_SECRET_DIR, MUNGE_KEY, RESULTS_SECRET_DIR,
+                      SECRET_FILES, SECRETS_DIR, SLURMDB_SECRET_DIR, ensure_local_tool_conf, fail, log,
+                      read_secret, replica_name, secret_path, setting, write_once)
 
 GALAXY_CONFIG = "/etc/galaxy/galaxy.yml"
 # Where the init role mounts the jobs volume (elsewhere it is /srv/galaxy/jobs, over the data
@@ -52,14 +55,67 @@ def stack_environment():
 
 def server_environment():
     """What a Galaxy server process of the stack (web replica, handler) adds: the job
-    configuration with the limits, and the control bus. Galaxy's processes tell each other about
-    toolbox reloads and job locks through RabbitMQ (the rabbitmq service; Galaxy's default would
-    poll PostgreSQL through kombu's SQL transport)."""
+    configuration with the limits, and Celery (which brings the control bus)."""
     stack_environment()
     os.environ["GALAXY_CONFIG_OVERRIDE_JOB_CONFIG_FILE"] = job_config_with_limits()
-    password = read_secret("broker_password")
-    os.environ["GALAXY_CONFIG_OVERRIDE_AMQP_INTERNAL_CONNECTION"] = (
-        f"pyamqp://galaxy:{password}@rabbitmq:5672/galaxy")
+    celery_environment()
+
+
+def broker_url():
+    """RabbitMQ (the rabbitmq service): Celery's broker, and Galaxy's control bus, by which its
+    processes tell each other about toolbox reloads and job locks (Galaxy's default would poll
+    PostgreSQL through kombu's SQL transport)."""
+    return f"pyamqp://galaxy:{read_secret('broker_password')}@rabbitmq:5672/galaxy"
+
+
+def celery_environment(results=True):
+    """Galaxy's background tasks on: RabbitMQ carries them (broker_url left unset is Galaxy's
+    amqp_internal_connection), Redis keeps their results (the redis service) unless `results` is
+    False (beat never reads one). celery_conf is a mapping, which GALAXY_CONFIG_OVERRIDE_* can't
+    carry: it goes into this container's own copy of galaxy.yml (GALAXY_CONFIG_FILE)."""
+    os.environ["GALAXY_CONFIG_OVERRIDE_AMQP_INTERNAL_CONNECTION"] = broker_url()
+    backend = f"redis://:{read_secret('results_password')}@redis:6379/0" if results else "disabled"
+    os.environ["GALAXY_CONFIG_FILE"] = galaxy_config_with(
+        enable_celery_tasks=True,
+        # Pages and reports as PDF: a task, rendered by WeasyPrint in the worker (Dockerfile).
+        enable_beta_markdown_export=True,
+        celery_conf={
+            "result_backend": backend,
+            # A day: a prepared download's state outlives any client that polls for it.
+            "result_expires": 86400,
+            # A task leaves the queue when it is done, not when it starts: a worker killed
+            # mid-task (stopped past its grace period, out of memory) leaves it to another.
+            "task_acks_late": True,
+            "task_reject_on_worker_lost": True,
+            # A worker takes one task per thread at a time, not a batch another worker could run.
+            "worker_prefetch_multiplier": 1,
+            "task_routes": {
+                # Uploads stay jobs in the handler (as on usegalaxy.org): run as the job user
+                # with nothing of Galaxy's readable, counted by the job limits (README, Celery).
+                "galaxy.fetch_data": "disabled",
+                "galaxy.set_job_metadata": "galaxy.external",
+            },
+        })
+
+
+def galaxy_config_with(**options):
+    """A copy of galaxy.yml with `options` added, readable by Galaxy's user only (it may hold a
+    password); its path. config_dir stays /etc/galaxy, where Galaxy resolves relative paths."""
+    import pwd
+    import tempfile
+
+    import yaml
+    with open(GALAXY_CONFIG) as f:
+        conf = yaml.safe_load(f)
+    conf["galaxy"].setdefault("config_dir", os.path.dirname(GALAXY_CONFIG))
+    conf["galaxy"].update(options)
+    fd, path = tempfile.mkstemp(prefix="galaxy-", suffix=".yml")  # mode 0600
+    if os.getuid() == 0:  # the handler writes it as root and runs Galaxy as galaxy
+        galaxy = pwd.getpwnam("galaxy")
+        os.fchown(fd, galaxy.pw_uid, galaxy.pw_gid)
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(conf, f, sort_keys=False)
+    return path
 
 
 # The stack's job configuration (in the images; Galaxy alone uses Galaxy's default). A site's
@@ -169,8 +225,11 @@ def role_web():
         log("no POSTGRES_HOST: Galaxy out of the box (SQLite, local job runner, one process)")
         standalone_environment()
         workers = "1"
+    # In the stack, Galaxy's app with a clear answer when a task's servers are unreachable.
+    app = "galaxy_stack.web:factory()" if os.environ.get("POSTGRES_HOST") else \
+        "galaxy.webapps.galaxy.fast_factory:factory()"
     os.execvp("gunicorn", [
-        "gunicorn", "galaxy.webapps.galaxy.fast_factory:factory()",
+        "gunicorn", app,
         "--worker-class", "galaxy.webapps.galaxy.workers.Worker",
         "--config", "python:galaxy.web_stack.gunicorn_config",
         "--bind", "0.0.0.0:8080", "--workers", workers, "--timeout", timeout,
@@ -187,10 +246,11 @@ def role_init():
         fail("the init role runs as root (compose.yml: user: root) to set volume ownership")
     import pwd
     galaxy = pwd.getpwnam("galaxy")
-    # Who reads each secret: Galaxy's processes run as galaxy; PostgreSQL, RabbitMQ, MariaDB and
-    # slurmdbd read theirs as root, before they drop to their own user; munged runs as munge.
+    # Who reads each secret: Galaxy's processes run as galaxy; PostgreSQL, RabbitMQ, Redis, MariaDB
+    # and slurmdbd read theirs as root, before they drop to their own user; munged runs as munge.
     owners = {SECRETS_DIR: galaxy, DB_SECRET_DIR: galaxy, BROKER_SECRET_DIR: galaxy,
-              SLURMDB_SECRET_DIR: pwd.getpwnam("root"), os.path.dirname(MUNGE_KEY): pwd.getpwnam("munge")}
+              RESULTS_SECRET_DIR: galaxy, SLURMDB_SECRET_DIR: pwd.getpwnam("root"),
+              os.path.dirname(MUNGE_KEY): pwd.getpwnam("munge")}
     wanted = {secret_path(name): lambda make=make: make() + "\n"
               for name, (_, make) in SECRET_FILES.items()}
     # munged wants a key of at least 32 bytes.
@@ -264,7 +324,23 @@ def role_migrate():
     engine = create_engine(os.environ["GALAXY_CONFIG_OVERRIDE_DATABASE_CONNECTION"])
     verify_databases(engine, None, None, None, None, None, is_auto_migrate=True)
     engine.dispose()
+    create_citation_cache(os.environ["GALAXY_CONFIG_OVERRIDE_DATABASE_CONNECTION"])
     log("database schema is current")
+
+
+def create_citation_cache(url):
+    """Galaxy keeps its citation cache in the database (config/galaxy.yml), in a table Beaker
+    creates when a process starts; two processes starting at once both try, and one dies of the
+    duplicate (web and handler on a first start). So it is made here, before either starts."""
+    import tempfile
+    from types import SimpleNamespace
+
+    from galaxy.managers.citations import DoiCache
+    with tempfile.TemporaryDirectory() as locks:
+        DoiCache(SimpleNamespace(
+            citation_cache_type="ext:database", citation_cache_url=url,
+            citation_cache_table_name="beaker_cache", citation_cache_schema_name=None,
+            citation_cache_data_dir=None, citation_cache_lock_dir=locks))
 
 
 def bootstrap_key_on():
@@ -363,13 +439,51 @@ def role_handler():
     os.environ.update(HOME="/home/galaxy", USER="galaxy", LOGNAME="galaxy")
     os.execvp("setpriv", [
         "setpriv", "--reuid=galaxy", "--regid=galaxy", "--init-groups",
-        "galaxy-main", "-c", GALAXY_CONFIG, "--server-name", name,
+        "galaxy-main", "-c", os.environ["GALAXY_CONFIG_FILE"], "--server-name", name,
         "--attach-to-pool", "job-handlers", "--attach-to-pool", "workflow-schedulers",
     ])
 
 
+# Galaxy's queues: `celery` and galaxy.internal (its own tasks), galaxy.external (jobs' metadata).
+CELERY_QUEUES = "celery,galaxy.internal,galaxy.external"
+CELERY_BEAT_SCHEDULE = "/var/lib/galaxy-celery-beat/schedule"
+
+
+def role_celery():
+    """A Celery worker: threads in one warm process (Galaxy's app is built once per worker; each
+    metadata task runs in a process forked from it)."""
+    threads = setting("GALAXY_CELERY_CONCURRENCY", "2", r"[1-9]\d*", "a positive whole number")
+    stack_environment()
+    celery_environment()
+    os.execvp("celery", ["celery", "--app", "galaxy.celery", "worker", "--pool", "threads",
+                         "--concurrency", threads, "--queues", CELERY_QUEUES, "--loglevel", "INFO"])
+
+
+def role_celery_beat():
+    """Celery beat: Galaxy's periodic tasks, from the same galaxy.yml the workers read. It never
+    opens the database or a result: it only needs the broker."""
+    celery_environment(results=False)
+    # No pid file: a container restarted after a crash would find a stale one and refuse to start.
+    os.execvp("celery", ["celery", "--app", "galaxy.celery", "beat", "--loglevel", "INFO",
+                         "--schedule", CELERY_BEAT_SCHEDULE, "--pidfile="])
+
+
+def role_celery_ping():
+    """Healthcheck of the celery role: this container's worker answers a ping sent through the
+    broker (it answers between tasks too: its control channel has its own thread). Celery
+    without Galaxy: a fraction of a second, not a Galaxy import."""
+    import socket
+
+    from celery import Celery
+    worker = f"celery@{socket.gethostname()}"
+    replies = Celery(broker=broker_url()).control.ping(destination=[worker], timeout=10)
+    if not replies:
+        fail(f"{worker} did not answer a ping through the broker within 10 s")
+
+
 ROLES = {"web": role_web, "init": role_init, "migrate": role_migrate,
-         "first-admin": role_first_admin, "handler": role_handler,
+         "first-admin": role_first_admin, "handler": role_handler, "celery": role_celery,
+         "celery-beat": role_celery_beat, "celery-ping": role_celery_ping,
          "slurmctld": cluster.role_slurmctld, "slurmdbd": cluster.role_slurmdbd,
          "node": cluster.role_node}
 CLUSTER_ROLES = ("handler", "slurmctld", "slurmdbd", "node")

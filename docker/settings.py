@@ -12,6 +12,7 @@ SECRETS_DIR = "/var/lib/galaxy-secrets"  # Galaxy's own: its processes only
 DB_SECRET_DIR = "/var/lib/galaxy-db-secret"  # the database password: Galaxy and PostgreSQL
 SLURMDB_SECRET_DIR = "/var/lib/slurmdb-secret"  # Slurm's accounting password: slurmdbd, MariaDB
 BROKER_SECRET_DIR = "/var/lib/galaxy-broker-secret"  # RabbitMQ's password: Galaxy and RabbitMQ
+RESULTS_SECRET_DIR = "/var/lib/galaxy-results-secret"  # Redis's password: Galaxy and Redis
 # The cluster's key, in its own volume: the Slurm roles and the handler mount it, nothing else.
 MUNGE_KEY = "/etc/munge/munge.key"
 # Files the init role creates once per deployment: name -> (directory, generator).
@@ -22,6 +23,7 @@ SECRET_FILES = {
     "db_password": (DB_SECRET_DIR, lambda: secrets.token_urlsafe(24)),
     "slurmdb_password": (SLURMDB_SECRET_DIR, lambda: secrets.token_urlsafe(24)),
     "broker_password": (BROKER_SECRET_DIR, lambda: secrets.token_urlsafe(24)),
+    "results_password": (RESULTS_SECRET_DIR, lambda: secrets.token_urlsafe(24)),
 }
 
 

@@ -28,7 +28,7 @@ from helpers import (  # noqa: E402
 # Modules in the order they change the stack: plain use first, then restarts, then scaling out.
 # Galaxy alone (test_standalone) runs before the stack is up.
 MODULE_ORDER = ["unit", "test_standalone", "test_foundation", "test_security", "test_front_door",
-                "test_limits", "test_proxy", "test_cluster", "test_scaling"]
+                "test_limits", "test_proxy", "test_celery", "test_cluster", "test_scaling"]
 
 
 def pytest_collection_modifyitems(items):
@@ -131,10 +131,11 @@ class Stack:
         """How many replicas of `service` run."""
         return len(self.compose(f"ps -q {service}").split())
 
-    def scale(self, web=1, runner=1, node=1):
+    def scale(self, web=1, runner=1, node=1, celery=1):
         """Bring the stack to exactly this scale (every service named: Compose resets the others)
         and wait until it is ready. A test calls it first, so it needs no earlier test's state."""
-        self.compose(f"up -d --scale web={web} --scale runner={runner} --scale node={node}")
+        self.compose(f"up -d --scale web={web} --scale runner={runner} --scale node={node} "
+                     f"--scale celery={celery}")
         self.wait_ready()
         wait_for(lambda: self.exec("slurmctld", "sinfo -h -N -o %N").split()
                  == [f"node_{i}" for i in range(1, node + 1)], 120, f"Slurm's {node} node(s)")

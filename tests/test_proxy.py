@@ -107,6 +107,10 @@ def test_clients_cannot_use_the_internal_download_path(stack, user, other_user, 
                  "/_x_accel_redirect/etc/passwd",
                  "/_x_accel_redirect/srv/galaxy/objects/../../../etc/passwd",
                  "/_x_accel_redirect/srv/galaxy/objects/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+                 # Where Celery tasks leave prepared downloads (Galaxy's short-term storage).
+                 "/_x_accel_redirect/srv/galaxy/cache/short_term_web_storage/",
+                 "/_x_accel_redirect/srv/galaxy/cache/short_term_web_storage/../../../../etc/passwd",
+                 "/_x_accel_redirect/srv/galaxy/cache/short_term_web_storage/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
                  "/static/../../../../etc/passwd", "/static/%2e%2e/%2e%2e/%2e%2e/etc/passwd"):
         r = raw_get(stack.url, path)
         assert r.split(b" ", 2)[1] in (b"400", b"403", b"404"), (path, r[:200])

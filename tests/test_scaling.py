@@ -171,16 +171,16 @@ def test_jobs_are_shared_by_handlers_and_run_once(stack, admin, user):
 
 
 @pytest.mark.timeout(600)
-def test_database_holds_eight_web_replicas_and_three_handlers(stack, user, figure):
-    web = 8
-    stack.scale(web=web, runner=HANDLERS)
+def test_database_holds_seven_web_replicas_three_handlers_and_a_worker(stack, user, figure):
+    web, workers = 7, 1
+    stack.scale(web=web, runner=HANDLERS, celery=workers)
     psql = "psql -U galaxy -d galaxy -At -c"
     max_connections = int(stack.exec("postgres", f"{psql} 'show max_connections'"))
     setting = {v: int(stack.exec("web", f"printenv {v}")) for v in
                ("GALAXY_WEB_WORKERS", "GALAXY_DB_POOL_SIZE", "GALAXY_DB_MAX_OVERFLOW")}
-    # The README's formula: every Galaxy process (web workers, handlers, migrate) at its pool's
-    # worst case, plus 10 for administration.
-    processes = web * setting["GALAXY_WEB_WORKERS"] + HANDLERS + 1
+    # The README's formula: every Galaxy process (web workers, handlers, Celery workers, migrate)
+    # at its pool's worst case, plus 10 for administration.
+    processes = web * setting["GALAXY_WEB_WORKERS"] + HANDLERS + workers + 1
     bound = processes * (setting["GALAXY_DB_POOL_SIZE"] + setting["GALAXY_DB_MAX_OVERFLOW"])
     assert bound + 10 <= max_connections
     history = user.histories.create_history("fleet")

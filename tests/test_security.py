@@ -148,11 +148,16 @@ def test_the_job_runs_on_a_node_as_the_job_user(stack, admin, attack):
 # needs, nothing else. Read as root in each container.
 SECRETS_HELD = {
     # Galaxy's own volume: admin_password too (first-admin's; admin_api_key is more already).
-    "web": {"id_secret", "admin_api_key", "admin_password", "db_password", "broker_password"},
+    "web": {"id_secret", "admin_api_key", "admin_password", "db_password", "broker_password",
+            "results_password"},
     "runner": {"id_secret", "admin_api_key", "admin_password", "db_password", "broker_password",
-               "munge.key"},
+               "results_password", "munge.key"},
+    "celery": {"id_secret", "admin_api_key", "admin_password", "db_password", "broker_password",
+               "results_password"},
+    "celery-beat": {"broker_password"},
     "postgres": {"db_password"},
     "rabbitmq": {"broker_password"},
+    "redis": {"results_password"},
     "mariadb": {"slurmdb_password"},
     "slurmdbd": {"slurmdb_password", "munge.key"},
     "slurmctld": {"munge.key"},
@@ -224,6 +229,7 @@ def test_the_job_cannot_use_slurm(admin, user, other_user, attack):
 
 def servers_a_job_must_not_reach(stack):
     servers = {"postgres": (5432, ["backend"]), "rabbitmq": (5672, ["backend"]),
+               "redis": (6379, ["backend"]),
                "mariadb": (3306, ["accounting"]),
                "web": (8080, ["front", "backend"]), "slurmdbd": (6819, ["slurm-control", "accounting"])}
     return [f"{host}:{port}" for service, (port, networks) in servers.items()

@@ -200,3 +200,32 @@ def test_a_sites_own_job_conf_gets_the_limits_it_lacks(job_conf, monkeypatch, tm
     assert conf["limits"] == [{"type": "registered_user_concurrent_jobs", "value": 20},
                               {"type": "anonymous_user_concurrent_jobs", "value": 1}]
     assert "local" in conf["runners"]
+
+
+def test_celery_config_is_a_mapping_in_a_private_copy_of_galaxy_yml(entrypoint, monkeypatch, tmp_path):
+    """celery_conf can't travel as a GALAXY_CONFIG_OVERRIDE_* string: it goes into a copy of
+    galaxy.yml only Galaxy's user reads (it holds Redis's password), which Galaxy is pointed at."""
+    import yaml
+    monkeypatch.setattr(entrypoint, "GALAXY_CONFIG", str(ROOT / "config" / "galaxy.yml"))
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    monkeypatch.setattr(entrypoint, "read_secret", lambda name: f"<{name}>")
+    monkeypatch.setattr("os.getuid", lambda: 1450)  # as Galaxy's user (the handler's root chowns)
+    entrypoint.celery_environment()
+    path = os.environ["GALAXY_CONFIG_FILE"]
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    with open(path) as f:
+        galaxy = yaml.safe_load(f)["galaxy"]
+    conf = galaxy["celery_conf"]
+    assert conf["result_backend"] == "redis://:<results_password>@redis:6379/0"
+    assert conf["task_acks_late"] is True and conf["task_reject_on_worker_lost"] is True
+    # Galaxy's own routes, restated (celery_conf replaces Galaxy's default mapping whole).
+    assert conf["task_routes"] == {"galaxy.fetch_data": "disabled",
+                                   "galaxy.set_job_metadata": "galaxy.external"}
+    assert galaxy["enable_celery_tasks"] is True
+    # Relative paths still resolve where the image's galaxy.yml is; the rest of it is kept.
+    assert galaxy["config_dir"] == str(ROOT / "config")
+    assert galaxy["file_path"] == "/srv/galaxy/objects"
+    assert "<broker_password>" in os.environ["GALAXY_CONFIG_OVERRIDE_AMQP_INTERNAL_CONNECTION"]
+    entrypoint.celery_environment(results=False)  # beat: no result backend, no password for it
+    with open(os.environ["GALAXY_CONFIG_FILE"]) as f:
+        assert yaml.safe_load(f)["galaxy"]["celery_conf"]["result_backend"] == "disabled"
