@@ -84,14 +84,15 @@ def celery_environment(results=True):
             # A day: a prepared download's state outlives any client that polls for it.
             "result_expires": 86400,
             # A task leaves the queue when it is done, not when it starts: a worker killed
-            # mid-task (stopped past its grace period, out of memory) leaves it to another.
+            # mid-task (stopped past its grace period, out of memory) leaves it to another, as
+            # its connection to the broker drops (and, in a prefork pool, when a child dies).
             "task_acks_late": True,
             "task_reject_on_worker_lost": True,
             # A worker takes one task per thread at a time, not a batch another worker could run.
             "worker_prefetch_multiplier": 1,
             "task_routes": {
-                # Uploads stay jobs in the handler (as on usegalaxy.org): run as the job user
-                # with nothing of Galaxy's readable, counted by the job limits (README, Celery).
+                # Uploads stay jobs in the handler (as on usegalaxy.org): counted by the job
+                # limits and routed by TPV, not run inside a worker (README, Background tasks).
                 "galaxy.fetch_data": "disabled",
                 "galaxy.set_job_metadata": "galaxy.external",
             },

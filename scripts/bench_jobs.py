@@ -1,9 +1,9 @@
 """Small jobs through the stack's Slurm path (handler → sbatch → a compute node), side by side:
 with each job's outputs' metadata set in the job itself by a Python started for it (how the stack
 ran before Celery: `before`), and by a warm Celery worker once the job is done (config/tpv.yml:
-`after`). Per configuration: one cat1 alone submit→ok, one small upload submit→ok (medians of 3),
-then `--jobs` cat1 with `--in-flight` submitted at a time (wall, p50, p95), and the CPU seconds
-every container of the stack spent on them, per job."""
+`after`, which also tells a Slurm job its memory). Per configuration: one cat1 alone and one
+small upload, submit→ok (medians of 3), then `--jobs` cat1 with `--in-flight` submitted at a
+time (wall, p50, p95), and the CPU seconds every container of the stack spent on them, per job."""
 import statistics
 import subprocess
 import tempfile
@@ -67,13 +67,16 @@ def cpu_seconds(stack):
     return total
 
 
-def metadata_on_the_node(workdir):
-    """A compose override that gives the handlers the stack's job routing with the Slurm
-    destinations setting metadata in the job, as before Celery (a site's own job conf)."""
+def metadata_in_the_job(workdir):
+    """A compose override that gives the handlers the stack's job routing as it was before Celery
+    (as a site's own job conf): every job sets its outputs' metadata itself, and a Slurm job asks
+    Slurm for its memory."""
     tpv = yaml.safe_load((ROOT / "config" / "tpv.yml").read_text())
-    params = tpv["destinations"]["slurm"]["params"]
-    params.pop("metadata_strategy")
-    params["embed_metadata_in_job"] = True
+    slurm = tpv["destinations"]["slurm"]
+    slurm.pop("env")
+    slurm["params"].pop("metadata_strategy")
+    slurm["params"]["embed_metadata_in_job"] = True
+    tpv["destinations"]["local"]["params"].pop("metadata_strategy")
     job_conf = yaml.safe_load((ROOT / "config" / "job_conf.yml").read_text())
     job_conf["execution"]["environments"]["tpv_dispatcher"]["tpv_config_files"] = [
         "/etc/galaxy/bench/tpv.yml"]
@@ -103,7 +106,7 @@ def measure(stack, args):
 def run(args):
     results = {}
     with tempfile.TemporaryDirectory(prefix="sg-bench-") as tmp:
-        override = metadata_on_the_node(Path(tmp))
+        override = metadata_in_the_job(Path(tmp))
         for name, files in (("metadata in the job (before)", ["compose.yml", "compose.slurm.yml",
                                                               str(override)]),
                             ("metadata in Celery (after)", None)):

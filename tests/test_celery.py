@@ -16,7 +16,7 @@ import zlib
 import pytest
 import requests
 
-from helpers import JOB_WAIT, upload, wait_for, wait_for_job
+from helpers import JOB_WAIT, install_site_tool, upload, wait_for, wait_for_job
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -213,6 +213,10 @@ def test_with_a_task_server_down_tasks_fail_fast_and_work_again_once_it_is_back(
     assert wait_for_task(user, r.json()["id"]) == "SUCCESS"
 
 
+# What a worker logs when it has set a job's metadata (a failure logs "execution failed").
+METADATA_DONE = "Successfully executed Celery task set_job_metadata"
+
+
 def cat1_job(gi, history_id, dataset_id):
     return gi.tools.run_tool(history_id, "cat1",
                              {"input1": {"src": "hda", "id": dataset_id}})["jobs"][0]["id"]
@@ -224,7 +228,7 @@ def test_a_cluster_jobs_metadata_is_set_by_a_worker_not_in_the_job(stack, user, 
     stack.scale()
     history = user.histories.create_history("warm metadata")
     source = upload(user, history["id"], "chr1\t100\t200\nchr2\t300\t400\n", file_type="tabular")
-    tasks = stack.compose("logs --no-color celery").count("set metadata for job")
+    tasks = stack.compose("logs --no-color celery").count(METADATA_DONE)
     job = wait_for_job(user, cat1_job(user, history["id"], source["id"]))
     assert job["state"] == "ok", job
     output = user.datasets.show_dataset(job["outputs"]["out_file1"]["id"])
@@ -236,7 +240,7 @@ def test_a_cluster_jobs_metadata_is_set_by_a_worker_not_in_the_job(stack, user, 
     # Nor asks Slurm for its memory (the job has no munge credential): TPV tells it.
     metrics = {m["name"]: m["raw_value"] for m in admin.jobs.get_metrics(job["id"])}
     assert float(metrics["galaxy_memory_mb"]) == 512  # cat1's 0.5 GB in config/tpv.yml
-    assert stack.compose("logs --no-color celery").count("set metadata for job") > tasks
+    assert stack.compose("logs --no-color celery").count(METADATA_DONE) > tasks
 
 
 def worker_log(container):
@@ -257,20 +261,61 @@ def test_a_worker_killed_mid_task_leaves_no_job_stuck(stack, user, tmp_path):
     user.datasets.wait_for_dataset(source["id"], maxwait=JOB_WAIT)
     worker = stack.compose("ps -q celery").split()[0]
 
-    def received():
-        return re.findall(r"galaxy\.set_job_metadata\[([0-9a-f-]+)\] received", worker_log(worker))
+    def tasks(event):
+        """Ids of the metadata tasks the worker logged `event` (received, succeeded) for."""
+        return re.findall(rf"galaxy\.set_job_metadata\[([0-9a-f-]+)\] {event}", worker_log(worker))
     for _ in range(3):
-        before = len(received())
+        seen = set(tasks("received"))  # a task delivered again later is not this job's
         job_id = cat1_job(user, history["id"], source["id"])
-        wait_for(lambda n=before: len(received()) > n, JOB_WAIT, "the metadata task", pause=0.2)
-        task_id = received()[-1]
+        wait_for(lambda s=seen: set(tasks("received")) - s, JOB_WAIT, "the metadata task", pause=0.2)
+        task_id = (set(tasks("received")) - seen).pop()
         stack.exec("celery", "pkill -KILL -f 'celery --app galaxy.celery worker'")
+        done_before = task_id in tasks("succeeded")  # read after the kill
         job = wait_for_job(user, job_id)
         assert job["state"] == "ok", job
-        if received().count(task_id) >= 2:
-            break  # killed mid-task, delivered again, and the job ended ok
+        if not done_before:
+            # Delivered again to the restarted worker, which set the metadata while the job
+            # waited (the job's directory was still there for it).
+            assert tasks("received").count(task_id) >= 2 and task_id in tasks("succeeded")
+            break
     else:
         pytest.fail("every time, the task was done before the worker died")
     output = user.datasets.show_dataset(job["outputs"]["out_file1"]["id"])
     assert output["metadata_column_types"] == ["str", "int", "int", "str"], output
     stack.wait_ready()  # the worker is back, healthy
+
+
+def test_a_jobs_galaxy_json_cannot_lead_the_worker_outside_its_directory(stack, admin, user):
+    """A job's galaxy.json (provided metadata, legacy style) names files for the metadata step,
+    which Galaxy joins to the job's directory unchecked, and which now runs as Galaxy's user in a
+    worker. A job naming the site's tool list (with a datatype that rewrites its file), a way up
+    and out, and an endless device gets no metadata task: the handler sets its output's metadata
+    from its own list, the files are untouched, and the job ends ok."""
+    stack.scale()
+    target = "/srv/galaxy/config/local_tool_conf.xml"
+    entries = [{"type": "new_primary_dataset", "filename": target, "ext": "velvet"},
+               {"type": "new_primary_dataset", "filename": f"../../../../../..{target}", "ext": "velvet"},
+               {"type": "new_primary_dataset", "filename": "/dev/urandom", "ext": "txt"}]
+    lines = " ".join(f"'{json.dumps(e)}'" for e in entries)  # one shell word per line
+    # No profile: Galaxy reads galaxy.json in the legacy style, one JSON object per line (and
+    # joins the command's lines into one).
+    tool_id = f"sg_provided_{uuid.uuid4().hex[:6]}"  # new each run: Galaxy caches tools by id
+    tool = f"""<tool id="{tool_id}" name="Provided" version="1.0.0">
+    <command><![CDATA[
+printf '%s\\n' {lines} > galaxy.json &&
+printf 'a\\tb\\n' > '$out'
+    ]]></command>
+    <inputs/>
+    <outputs><data name="out" format="tabular"/></outputs>
+</tool>
+"""
+    install_site_tool(stack, admin, tool_id, {f"{tool_id}.xml": tool})
+    before = stack.exec("web", f"sha256sum {target}")
+    history = user.histories.create_history("provided metadata")
+    job = wait_for_job(user, user.tools.run_tool(history["id"], tool_id, {})["jobs"][0]["id"])
+    assert job["state"] == "ok", job
+    assert stack.exec("web", f"sha256sum {target}") == before
+    output = user.datasets.show_dataset(job["outputs"]["out"]["id"])
+    assert output["metadata_columns"] == 2, output  # set by the handler
+    refused = "names /srv/galaxy/config/local_tool_conf.xml, ../../../../../../srv/galaxy/config"
+    assert refused in stack.compose("logs --no-color runner")
