@@ -82,6 +82,7 @@ def metadata_in_the_job(workdir):
         "/etc/galaxy/bench/tpv.yml"]
     (workdir / "tpv.yml").write_text(yaml.safe_dump(tpv))
     (workdir / "job_conf.yml").write_text(yaml.safe_dump(job_conf))
+    workdir.chmod(0o755)  # Galaxy reads these as its own user in the runner
     override = workdir / "compose.bench.yml"
     override.write_text(yaml.safe_dump({"services": {"runner": {
         "environment": {"GALAXY_CONFIG_OVERRIDE_JOB_CONFIG_FILE": "/etc/galaxy/bench/job_conf.yml"},
