@@ -216,6 +216,8 @@ def role_web():
     # in the stack, the public network nginx shares with us; alone, gunicorn's default (127.0.0.1).
     trusted = os.environ.get("GALAXY_TRUSTED_PROXIES")
     if os.environ.get("POSTGRES_HOST"):
+        # Galaxy's app, with a clear answer when a task's servers are unreachable.
+        app = "galaxy_stack.web:factory()"
         server_environment()
         trusted = trusted or public_subnet()
         log(f"trusting X-Forwarded-* headers from {trusted}")
@@ -224,11 +226,9 @@ def role_web():
             os.environ["GALAXY_CONFIG_OVERRIDE_BOOTSTRAP_ADMIN_API_KEY"] = read_secret("admin_api_key")
     else:
         log("no POSTGRES_HOST: Galaxy out of the box (SQLite, local job runner, one process)")
+        app = "galaxy.webapps.galaxy.fast_factory:factory()"
         standalone_environment()
         workers = "1"
-    # In the stack, Galaxy's app with a clear answer when a task's servers are unreachable.
-    app = "galaxy_stack.web:factory()" if os.environ.get("POSTGRES_HOST") else \
-        "galaxy.webapps.galaxy.fast_factory:factory()"
     os.execvp("gunicorn", [
         "gunicorn", app,
         "--worker-class", "galaxy.webapps.galaxy.workers.Worker",

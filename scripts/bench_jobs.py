@@ -16,8 +16,12 @@ from bench_stack import Stack, new_user, say, table
 from compose_stack import ROOT
 
 
+# Job states a job doesn't leave.
+ENDED = ("ok", "error", "deleted")
+
+
 def wait_ok(gi, job_id):
-    while (state := gi.jobs.show_job(job_id)["state"]) not in ("ok", "error", "deleted"):
+    while (state := gi.jobs.show_job(job_id)["state"]) not in ENDED:
         time.sleep(0.25)
     return state
 
@@ -36,7 +40,7 @@ def run_jobs(gi, history_id, source_id, count, in_flight):
         time.sleep(0.25)
         for job_id, t0 in list(pending.items()):
             state = gi.jobs.show_job(job_id)["state"]
-            if state in ("ok", "error", "deleted"):
+            if state in ENDED:
                 latencies.append(time.monotonic() - t0)
                 failed += state != "ok"
                 del pending[job_id]
