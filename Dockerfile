@@ -92,8 +92,8 @@ COPY config/galaxy.yml /etc/galaxy/
 # /etc/galaxy itself: Galaxy loads <config dir>/job_conf.yml unasked, and Galaxy run alone must keep
 # its default (its one process handles jobs with the local runner).
 COPY config/job_conf.yml config/tpv.yml /etc/galaxy/stack/
-COPY docker/entrypoint.py docker/settings.py docker/cluster.py docker/job_directory.py \
-     /usr/local/lib/galaxy-entrypoint/
+COPY docker/entrypoint.py docker/settings.py docker/schema.py docker/health.py \
+     docker/stranded_jobs.py docker/cluster.py docker/job_directory.py /usr/local/lib/galaxy-entrypoint/
 # What the stack adds to Galaxy's Python (its job runner class, its web app's answer when a task
 # can't be sent), importable by Galaxy.
 COPY docker/galaxy_stack/ /opt/galaxy/venv/lib/python3.11/site-packages/galaxy_stack/

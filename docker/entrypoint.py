@@ -10,6 +10,8 @@
   celery     a Celery worker running Galaxy's background tasks (exports, PDFs, jobs' metadata)
   celery-beat  Celery beat: sends Galaxy's periodic housekeeping tasks (run exactly one)
   celery-ping  the celery role's healthcheck: its worker answers a ping through the broker
+  schema-head  print the database schema revision this Galaxy expects (scripts/restore)
+  health     the healthcheck of the web and handler roles in the stack: a fresh heartbeat
   slurmctld  the Slurm controller                                      [runner image]
   slurmdbd   Slurm's accounting daemon (job records for sacct)         [runner image]
   node       a Slurm compute node (registers itself dynamically)       [runner image]
@@ -24,6 +26,9 @@ import subprocess
 import sys
 
 import cluster
+import health
+import schema
+import stranded_jobs
 from settings import (BROKER_SECRET_DIR, DATA_DIR, DB_SECRET_DIR, MUNGE_KEY, RESULTS_SECRET_DIR,
                       SECRET_FILES, SECRETS_DIR, SLURMDB_SECRET_DIR, ensure_local_tool_conf, fail, log,
                       read_secret, replica_name, secret_path, setting, write_once)
@@ -55,8 +60,10 @@ def stack_environment():
 
 def server_environment():
     """What a Galaxy server process of the stack (web replica, handler) adds: the job
-    configuration with the limits, and Celery (which brings the control bus)."""
+    configuration with the limits, and Celery (which brings the control bus). Returns once the
+    database's schema is this Galaxy's."""
     stack_environment()
+    schema.wait_for_schema(os.environ["GALAXY_CONFIG_OVERRIDE_DATABASE_CONNECTION"])
     os.environ["GALAXY_CONFIG_OVERRIDE_JOB_CONFIG_FILE"] = job_config_with_limits()
     celery_environment()
 
@@ -433,16 +440,39 @@ def set_default_quota(call, amount):
 
 def role_handler():
     """A job handler. Starts as root only to run munged as the munge user, then runs Galaxy as
-    galaxy; its Slurm commands run as galaxy-job (cluster.connect_to_cluster)."""
+    galaxy; its Slurm commands run as galaxy-job (cluster.connect_to_cluster). This process stays,
+    as Galaxy's watchdog (health.watch): Docker restarts no unhealthy container, so a Galaxy whose
+    heartbeat stopped is ended here, and the container's restart policy starts it again. It also
+    hands this handler the jobs deleted before any handler claimed them (stranded_jobs)."""
+    import signal
     server_environment()
     name = replica_name("handler")
     cluster.connect_to_cluster()
     os.environ.update(HOME="/home/galaxy", USER="galaxy", LOGNAME="galaxy")
-    os.execvp("setpriv", [
+    galaxy = subprocess.Popen([
         "setpriv", "--reuid=galaxy", "--regid=galaxy", "--init-groups",
         "galaxy-main", "-c", os.environ["GALAXY_CONFIG_FILE"], "--server-name", name,
         "--attach-to-pool", "job-handlers", "--attach-to-pool", "workflow-schedulers",
     ])
+    for sig in (signal.SIGTERM, signal.SIGINT):  # docker stop: Galaxy stops cleanly
+        signal.signal(sig, lambda number, frame: galaxy.send_signal(number))
+    url = os.environ["GALAXY_CONFIG_OVERRIDE_DATABASE_CONNECTION"]
+
+    def claim_deleted():
+        if stranded_jobs.claim_deleted(url, name):
+            log("took over jobs deleted before any handler claimed them (docker/stranded_jobs.py)")
+    sys.exit(health.watch(galaxy, url, name, chores=[claim_deleted]))
+
+
+def role_health():
+    """Healthcheck of the web replicas and handlers of the stack (docker/health.py): this
+    container's Galaxy heartbeat is fresh, read through a connection of our own; with a URL
+    argument, that URL answers too (gunicorn)."""
+    stack_environment()
+    problem = health.check(os.environ["GALAXY_CONFIG_OVERRIDE_DATABASE_CONNECTION"],
+                           http=sys.argv[2] if len(sys.argv) > 2 else None)
+    if problem:
+        fail(problem)
 
 
 # Galaxy's queues: `celery` and galaxy.internal (its own tasks), galaxy.external (jobs' metadata).
@@ -455,6 +485,7 @@ def role_celery():
     metadata task runs in a process forked from it)."""
     threads = setting("GALAXY_CELERY_CONCURRENCY", "2", r"[1-9]\d*", "a positive whole number")
     stack_environment()
+    schema.wait_for_schema(os.environ["GALAXY_CONFIG_OVERRIDE_DATABASE_CONNECTION"])
     celery_environment()
     os.execvp("celery", ["celery", "--app", "galaxy.celery", "worker", "--pool", "threads",
                          "--concurrency", threads, "--queues", CELERY_QUEUES, "--loglevel", "INFO"])
@@ -482,9 +513,16 @@ def role_celery_ping():
         fail(f"{worker} did not answer a ping through the broker within 10 s")
 
 
+def role_schema_head():
+    """Print the schema revision this image's Galaxy expects (scripts/restore compares a
+    backup's with it)."""
+    print(schema.expected_head())
+
+
 ROLES = {"web": role_web, "init": role_init, "migrate": role_migrate,
          "first-admin": role_first_admin, "handler": role_handler, "celery": role_celery,
          "celery-beat": role_celery_beat, "celery-ping": role_celery_ping,
+         "schema-head": role_schema_head, "health": role_health,
          "slurmctld": cluster.role_slurmctld, "slurmdbd": cluster.role_slurmdbd,
          "node": cluster.role_node}
 CLUSTER_ROLES = ("handler", "slurmctld", "slurmdbd", "node")

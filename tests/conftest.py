@@ -23,12 +23,14 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from compose_stack import (  # noqa: E402
     ComposeError, compose_command, free_port, prune_replaced_images, wait_healthy)
 from helpers import (  # noqa: E402
-    DEFAULT_QUOTA, JOB_LIMIT, STACK_TIMEOUT, UPLOAD_LIMIT, create_user, docker, wait_for)
+    DEFAULT_QUOTA, JOB_LIMIT, STACK_TIMEOUT, UPLOAD_LIMIT, create_user, docker, tear_down, wait_for)
 
-# Modules in the order they change the stack: plain use first, then restarts, then scaling out.
+# Modules in the order they change the stack: plain use first, then restarts, then scaling out,
+# then a restore from backup in place of the stack.
 # Galaxy alone (test_standalone) runs before the stack is up.
 MODULE_ORDER = ["unit", "test_standalone", "test_foundation", "test_security", "test_front_door",
-                "test_limits", "test_proxy", "test_celery", "test_cluster", "test_scaling"]
+                "test_limits", "test_proxy", "test_celery", "test_health", "test_cluster", "test_scaling",
+                "test_backup"]
 
 
 def pytest_collection_modifyitems(items):
@@ -72,26 +74,6 @@ def docker_setup():
 def docker_cleanup():
     # The `stack` fixture tears the stack down itself (see tear_down).
     return []
-
-
-def tear_down(stack):
-    """`down -v`, once more while the engine still holds a removed container's network endpoint
-    ("has active endpoints": Docker 20.10 can release it a moment after the container is gone).
-    Anything else, or an endpoint still held after a minute, fails the session with the network's
-    remaining endpoints named."""
-    down = "down -v --remove-orphans --timeout 30"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            stack.compose(down)
-            return
-        except Exception as e:
-            if "active endpoints" not in str(e) or time.monotonic() > deadline:
-                held = docker(["network", "ls", "-q", "--filter", f"name={stack.project}_"]).split()
-                endpoints = docker(["network", "inspect", "-f", "{{.Name}}: {{json .Containers}}",
-                                    *held]) if held else ""
-                raise RuntimeError(f"the stack did not come down: {e}\n{endpoints}") from e
-            time.sleep(3)
 
 
 class Stack:

@@ -1,6 +1,7 @@
 """What the end-to-end tests share beyond fixtures: Galaxy calls through BioBlend or plain HTTP,
 and the docker CLI. Imported by name (conftest.py is not: tests/unit has one of its own)."""
 import base64
+import json
 import os
 import re
 import subprocess
@@ -26,6 +27,26 @@ def docker(command):
     """`docker <command>`: a string (words split on spaces) or a list of arguments; its output."""
     args = command.split() if isinstance(command, str) else command
     return subprocess.run(["docker", *args], capture_output=True, text=True, check=True).stdout
+
+
+def tear_down(stack):
+    """`down -v`, once more while the engine still holds a removed container's network endpoint
+    ("has active endpoints": Docker 20.10 can release it a moment after the container is gone).
+    Anything else, or an endpoint still held after a minute, fails the session with the network's
+    remaining endpoints named."""
+    down = "down -v --remove-orphans --timeout 30"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            stack.compose(down)
+            return
+        except Exception as e:
+            if "active endpoints" not in str(e) or time.monotonic() > deadline:
+                held = docker(["network", "ls", "-q", "--filter", f"name={stack.project}_"]).split()
+                endpoints = docker(["network", "inspect", "-f", "{{.Name}}: {{json .Containers}}",
+                                    *held]) if held else ""
+                raise RuntimeError(f"the stack did not come down: {e}\n{endpoints}") from e
+            time.sleep(3)
 
 
 def wait_for(check, timeout, what, pause=2.0):
@@ -134,3 +155,23 @@ def install_site_tool(stack, admin, tool_id, files):
                                             f"'x-api-key: {admin.key}' "
                                             f"http://localhost:8080/api/tools/{tool_id}", index=i)
                  is not None, 120, f"{tool_id} in web replica {index}")
+
+
+def cat_workflow(name):
+    """One input dataset, cat1 on it: a workflow in Galaxy's own (.ga) format."""
+    return {
+        "a_galaxy_workflow": "true", "format-version": "0.1", "name": name, "annotation": "",
+        "tags": [], "steps": {
+            "0": {"id": 0, "type": "data_input", "label": "text", "name": "Input dataset",
+                  "tool_state": json.dumps({"optional": False}), "annotation": "",
+                  "inputs": [{"name": "text", "description": ""}], "input_connections": {},
+                  "outputs": [], "position": {"left": 0, "top": 0}, "workflow_outputs": []},
+            "1": {"id": 1, "type": "tool", "tool_id": "cat1", "tool_version": "1.0.0",
+                  "name": "Concatenate", "annotation": "", "label": "cat",
+                  "tool_state": json.dumps({"input1": {"__class__": "ConnectedValue"},
+                                            "queries": []}),
+                  "input_connections": {"input1": {"id": 0, "output_name": "output"}},
+                  "inputs": [], "outputs": [{"name": "out_file1", "type": "input"}],
+                  "position": {"left": 200, "top": 0}, "post_job_actions": {},
+                  "workflow_outputs": [{"output_name": "out_file1", "label": "copy"}]},
+        }}

@@ -16,7 +16,7 @@ import zlib
 import pytest
 import requests
 
-from helpers import JOB_WAIT, install_site_tool, upload, wait_for, wait_for_job
+from helpers import JOB_WAIT, cat_workflow, install_site_tool, upload, wait_for, wait_for_job
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -96,26 +96,6 @@ def test_a_collection_downloads_as_a_zip(stack, user):
     with zipfile.ZipFile(io.BytesIO(r.content)) as z:
         members = {name.rsplit("/", 1)[-1].rsplit(".", 1)[0]: z.read(name) for name in z.namelist()}
     assert members == {name: text.encode() for name, text in texts.items()}
-
-
-def cat_workflow(name):
-    """One input dataset, cat1 on it: a workflow in Galaxy's own (.ga) format."""
-    return {
-        "a_galaxy_workflow": "true", "format-version": "0.1", "name": name, "annotation": "",
-        "tags": [], "steps": {
-            "0": {"id": 0, "type": "data_input", "label": "text", "name": "Input dataset",
-                  "tool_state": json.dumps({"optional": False}), "annotation": "",
-                  "inputs": [{"name": "text", "description": ""}], "input_connections": {},
-                  "outputs": [], "position": {"left": 0, "top": 0}, "workflow_outputs": []},
-            "1": {"id": 1, "type": "tool", "tool_id": "cat1", "tool_version": "1.0.0",
-                  "name": "Concatenate", "annotation": "", "label": "cat",
-                  "tool_state": json.dumps({"input1": {"__class__": "ConnectedValue"},
-                                            "queries": []}),
-                  "input_connections": {"input1": {"id": 0, "output_name": "output"}},
-                  "inputs": [], "outputs": [{"name": "out_file1", "type": "input"}],
-                  "position": {"left": 200, "top": 0}, "post_job_actions": {},
-                  "workflow_outputs": [{"output_name": "out_file1", "label": "copy"}]},
-        }}
 
 
 def test_a_workflow_invocation_exports_as_an_ro_crate(stack, user):

@@ -57,3 +57,26 @@ def job_directory(monkeypatch):
     monkeypatch.setattr(module.pwd, "getpwnam", lambda name: me)
     monkeypatch.setattr(module.grp, "getgrnam", lambda name: me)
     return module
+
+
+@pytest.fixture
+def schema(settings, tmp_path, monkeypatch):
+    """docker/schema.py with a Galaxy of three migrations (a merge among them) in tmp_path."""
+    module = load(ROOT / "docker" / "schema.py", "schema")
+    gxy, tsi = tmp_path / "versions_gxy", tmp_path / "versions_tsi"
+    gxy.mkdir()
+    tsi.mkdir()
+    for name, text in {"a1_branch.py": 'revision = "a1"\ndown_revision = None\n',
+                       "b2_side.py": 'revision = "b2"\ndown_revision = "a1"\n',
+                       "c3_other.py": 'revision = "c3"\ndown_revision = "a1"\n',
+                       "d4_merge.py": 'revision = "d4"\ndown_revision = ("b2", "c3")\n'}.items():
+        (gxy / name).write_text(f'"""A migration."""\n{text}branch_labels = None\n')
+    (tsi / "t9_tsi.py").write_text('revision = "t9"\ndown_revision = None\n')
+    monkeypatch.setattr(module, "VERSIONS", str(gxy))
+    monkeypatch.setattr(module.time, "sleep", lambda seconds: None)
+    return module
+
+
+@pytest.fixture
+def health(settings):
+    return load(ROOT / "docker" / "health.py", "health")
