@@ -11,6 +11,7 @@
   celery-beat  Celery beat: sends Galaxy's periodic housekeeping tasks (run exactly one)
   celery-ping  the celery role's healthcheck: its worker answers a ping through the broker
   schema-head  print the database schema revision this Galaxy expects (scripts/restore)
+  manage-db  Galaxy's schema tool on the stack's database (e.g. `manage-db dbversion`)
   health     the healthcheck of the web and handler roles in the stack: a fresh heartbeat
   slurmctld  the Slurm controller                                      [runner image]
   slurmdbd   Slurm's accounting daemon (job records for sacct)         [runner image]
@@ -31,7 +32,8 @@ import schema
 import stranded_jobs
 from settings import (BROKER_SECRET_DIR, DATA_DIR, DB_SECRET_DIR, MUNGE_KEY, RESULTS_SECRET_DIR,
                       SECRET_FILES, SECRETS_DIR, SLURMDB_SECRET_DIR, ensure_local_tool_conf, fail, log,
-                      read_secret, replica_name, secret_path, setting, write_once)
+                      read_secret, replica_name, replica_running, secret_path, setting,
+                      write_once)
 
 GALAXY_CONFIG = "/etc/galaxy/galaxy.yml"
 # Where the init role mounts the jobs volume (elsewhere it is /srv/galaxy/jobs, over the data
@@ -50,6 +52,10 @@ def stack_environment():
     for option, default in (("POOL_SIZE", "10"), ("MAX_OVERFLOW", "5")):
         value = setting(f"GALAXY_DB_{option}", default, r"\d+", "a whole number")
         os.environ[f"GALAXY_CONFIG_OVERRIDE_DATABASE_ENGINE_OPTION_{option}"] = value
+    # A pooled connection is tested before use: after PostgreSQL restarts, every connection in
+    # every process's pool is dead, and without the test each would fail one request or job
+    # update. Costs a round trip per checkout.
+    os.environ["GALAXY_CONFIG_OVERRIDE_DATABASE_ENGINE_OPTION_POOL_PRE_PING"] = "true"
     password = read_secret("db_password")
     os.environ["GALAXY_CONFIG_OVERRIDE_DATABASE_CONNECTION"] = (
         f"postgresql://{user}:{password}@{host}:{port}/{db}")
@@ -336,6 +342,26 @@ def role_migrate():
     log("database schema is current")
 
 
+def role_manage_db():
+    """Galaxy's own schema tool (galaxy.model.migrations.dbscript, what Galaxy's manage_db.sh
+    runs) on the stack's database: `docker compose run --rm --no-deps migrate manage-db
+    dbversion`; `... manage-db downgrade 26.0` takes the schema back to that release's (README,
+    Upgrades). The other Galaxy processes must be stopped first."""
+    import argparse
+
+    from galaxy.model.migrations.dbscript import ParserBuilder
+    stack_environment()
+    parser = argparse.ArgumentParser(prog="manage-db", description=role_manage_db.__doc__)
+    parser.add_argument("--galaxy-config", dest="config", default=GALAXY_CONFIG)
+    builder = ParserBuilder(parser)
+    for add in (builder.add_upgrade_command, builder.add_downgrade_command,
+                builder.add_version_command, builder.add_dbversion_command,
+                builder.add_history_command, builder.add_show_command):
+        add()
+    args = parser.parse_args(sys.argv[2:])
+    args.func(args)
+
+
 def create_citation_cache(url):
     """Galaxy keeps its citation cache in the database (config/galaxy.yml), in a table Beaker
     creates when a process starts; two processes starting at once both try, and one dies of the
@@ -443,8 +469,10 @@ def role_handler():
     galaxy; its Slurm commands run as galaxy-job (cluster.connect_to_cluster). This process stays,
     as Galaxy's watchdog (health.watch): Docker restarts no unhealthy container, so a Galaxy whose
     heartbeat stopped is ended here, and the container's restart policy starts it again. It also
-    hands this handler the jobs deleted before any handler claimed them (stranded_jobs)."""
+    hands this handler the jobs deleted before any handler claimed them, and the work of handlers
+    that are gone (stranded_jobs)."""
     import signal
+    import time
     server_environment()
     name = replica_name("handler")
     cluster.connect_to_cluster()
@@ -461,7 +489,27 @@ def role_handler():
     def claim_deleted():
         if stranded_jobs.claim_deleted(url, name):
             log("took over jobs deleted before any handler claimed them (docker/stranded_jobs.py)")
-    sys.exit(health.watch(galaxy, url, name, chores=[claim_deleted]))
+    adopter = stranded_jobs.Adopter(url, name, lambda other: replica_running(other.split("_")[-1]))
+    restart = {"since": None}  # when held jobs were taken over, until Galaxy is restarted
+
+    def adopt_gone_handlers():
+        for gone in adopter.gone():
+            moved = adopter.adopt(gone)
+            log(f"{gone} is gone (no heartbeat, its container not running): took over its work "
+                f"(docker/stranded_jobs.py): {moved}")
+            if moved["held"] and restart["since"] is None:
+                restart["since"] = time.monotonic()
+        if restart["since"] is None:
+            return
+        # Galaxy takes up a handler's queued and running jobs only when it starts; a restart
+        # ends the jobs running in the handler itself (uploads), so it waits for them (10 min
+        # at most).
+        if adopter.runs_local_jobs() and time.monotonic() - restart["since"] < 600:
+            return
+        log("ending Galaxy so that it starts again and takes up the queued and running jobs "
+            "taken over")
+        galaxy.terminate()
+    sys.exit(health.watch(galaxy, url, name, chores=[claim_deleted, adopt_gone_handlers]))
 
 
 def role_health():
@@ -522,7 +570,7 @@ def role_schema_head():
 ROLES = {"web": role_web, "init": role_init, "migrate": role_migrate,
          "first-admin": role_first_admin, "handler": role_handler, "celery": role_celery,
          "celery-beat": role_celery_beat, "celery-ping": role_celery_ping,
-         "schema-head": role_schema_head, "health": role_health,
+         "schema-head": role_schema_head, "manage-db": role_manage_db, "health": role_health,
          "slurmctld": cluster.role_slurmctld, "slurmdbd": cluster.role_slurmdbd,
          "node": cluster.role_node}
 CLUSTER_ROLES = ("handler", "slurmctld", "slurmdbd", "node")

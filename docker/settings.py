@@ -112,6 +112,23 @@ def replica_name(role):
     return f"{role}_{match.group(1)}"
 
 
+def replica_running(index):
+    """Whether replica `index` of this container's service runs: Docker's DNS answers a
+    container's name only while it runs. None where replicas aren't named by Compose
+    (GALAXY_REPLICA_NAME)."""
+    match = re.match(r"([^.]*[-_])\d+\.", reverse_dns_name())
+    if os.environ.get("GALAXY_REPLICA_NAME") or not match:
+        return None
+    import dns.resolver
+    try:
+        dns.resolver.resolve(f"{match.group(1)}{index}", "A", lifetime=5)
+        return True
+    except dns.resolver.NXDOMAIN:  # Docker's DNS knows no such container
+        return False
+    except dns.exception.DNSException:  # no answer: can't tell
+        return None
+
+
 def reverse_dns_name():
     """This container's name as Docker's DNS gives it (dnspython skips /etc/hosts)."""
     import dns.resolver  # part of Galaxy's venv

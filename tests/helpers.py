@@ -1,10 +1,12 @@
 """What the end-to-end tests share beyond fixtures: Galaxy calls through BioBlend or plain HTTP,
 and the docker CLI. Imported by name (conftest.py is not: tests/unit has one of its own)."""
 import base64
+import collections
 import json
 import os
 import re
 import subprocess
+import threading
 import time
 import uuid
 
@@ -112,6 +114,14 @@ def nginx_upstreams(stack, marker):
             for m in [re.search(r"upstream=(\S+)", line)] if m]
 
 
+def container_of(stack, service, index):
+    """The container id of replica `index` of `service`."""
+    ids = stack.compose(f"ps -q {service}").split()
+    containers = json.loads(stack.docker(f"inspect {' '.join(ids)}"))
+    return next(c["Id"] for c in containers
+                if c["Config"]["Labels"]["com.docker.compose.container-number"] == str(index))
+
+
 def slurm_accounting(stack):
     """Slurm's own record of every job submitted today (sacct; finished jobs included, a requeued
     job once per run): [{"id", "name", "state", "node"}]. Slurm's job name is g<Galaxy's job id>."""
@@ -127,6 +137,24 @@ def write_file(stack, path, text):
 
 
 SITE_TOOLS = "/srv/galaxy/config/local_tools"
+
+
+# A tool of the site's own (helpers.install_site_tool): it sleeps, then writes the host it ran
+# on. Its timelimit (seconds) becomes Slurm's time limit.
+SLEEP_TOOL = """<tool id="sg_sleep" name="Sleep" version="1.0.0" profile="22.05">
+    <description>then write the host it ran on</description>
+    <requirements>
+        <resource type="timelimit">60</resource>
+    </requirements>
+    <command>sleep $seconds &amp;&amp; hostname &gt; '$output'</command>
+    <inputs>
+        <param name="seconds" type="integer" value="5" min="0"/>
+    </inputs>
+    <outputs>
+        <data name="output" format="txt"/>
+    </outputs>
+</tool>
+"""
 
 
 def install_site_tool(stack, admin, tool_id, files):
@@ -175,3 +203,40 @@ def cat_workflow(name):
                   "position": {"left": 200, "top": 0}, "post_job_actions": {},
                   "workflow_outputs": [{"output_name": "out_file1", "label": "copy"}]},
         }}
+
+
+class Load:
+    """Clients sending requests through nginx until stopped; every answer is recorded, with
+    when its request was sent (`answers`: (monotonic time, status or error))."""
+
+    def __init__(self, url, headers, clients):
+        self.url, self.headers, self.answers = url, headers, []
+        self.running = True
+        self.threads = [threading.Thread(target=self.client) for _ in range(clients)]
+
+    def client(self):
+        with requests.Session() as session:
+            while self.running:
+                sent = time.monotonic()
+                try:
+                    result = session.get(self.url, headers=self.headers, timeout=60).status_code
+                except requests.RequestException as e:
+                    result = repr(e)
+                self.answers.append((sent, result))
+
+    @property
+    def results(self):
+        return [result for _, result in self.answers]
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.running = False
+        for t in self.threads:
+            t.join()
+
+    def failures(self):
+        return collections.Counter(r for r in self.results if r != 200)

@@ -3,7 +3,9 @@ site: a second backup of an unchanged site copies nothing; a damaged backup, one
 schema, or a restore over live data is refused before anything is touched; and after `down -v`,
 restore and `up`, the users, histories, datasets (byte for byte), workflows, API keys and
 logins are back under the same ids, a job interrupted by the backup ends as an error that says
-so, and new jobs run. Runs last: it replaces the session's stack with its own restored copy."""
+so, and new jobs run. The restored database is first taken back to Galaxy 26.0's schema, so
+that `up` also proves the upgrade (issue 14): migrate upgrades it, then the same checks pass.
+Runs last: it replaces the session's stack with its own restored copy."""
 import hashlib
 import json
 import os
@@ -34,6 +36,13 @@ def backup(stack, folder):
     assert run.returncode == 0, run.stderr
     snapshot = Path(run.stdout.strip().splitlines()[-1])
     return snapshot, json.loads((snapshot / "manifest.json").read_text()), time.monotonic() - started
+
+
+def schema(stack):
+    """The database's revision of Galaxy's schema (alembic's gxy branch)."""
+    query = "select version_num from alembic_version"
+    revisions = stack.exec("postgres", f'psql -U galaxy -d galaxy -At -c "{query}"').split()
+    return next(r for r in revisions if r != "d4a650f47a3c")  # the other is the tsi branch's
 
 
 def test_backup_refuses_a_folder_that_is_not_there(stack, tmp_path):
@@ -68,7 +77,7 @@ def site(stack, admin):
             "pending_output": pending["outputs"][0]["id"]}
 
 
-def test_backup_then_restore_brings_the_site_back(stack, admin, site, tmp_path, figure):
+def test_backup_restore_and_upgrade_bring_the_site_back(stack, admin, site, tmp_path, figure):
     folder = tmp_path / "backups"
     folder.mkdir()
     first, manifest, first_seconds = backup(stack, folder)
@@ -110,8 +119,17 @@ def test_backup_then_restore_brings_the_site_back(stack, admin, site, tmp_path, 
     run = run_script(stack, "restore", folder)
     assert run.returncode == 0, run.stderr
     restore_seconds = time.monotonic() - started
+    # The upgrade path: the restored database taken back to the previous release's schema with
+    # Galaxy's own tool, then `up`, whose migrate one-shot upgrades it before any other Galaxy
+    # process starts. Everything below then also proves the upgraded site.
+    head = schema(stack)
+    stack.compose("run --rm --no-deps migrate manage-db downgrade 26.0")
+    assert schema(stack) == "9930b68c85af"  # Galaxy 26.0's (galaxy.model.migrations.dbrevisions)
+    started = time.monotonic()
     stack.compose("up -d")
     stack.wait_ready()
+    upgrade_seconds = time.monotonic() - started
+    assert schema(stack) == head
 
     gi = site["gi"]  # the same API key
     assert gi.histories.show_history(site["history"])["name"] == "kept by the backup"
@@ -133,4 +151,5 @@ def test_backup_then_restore_brings_the_site_back(stack, admin, site, tmp_path, 
     assert site["email"] in [u["email"] for u in admin.users.get_users()]
     figure(f"backup {first_seconds:.0f} s ({manifest['parts']['galaxy.dump']['bytes'] / 2**20:.1f} MiB "
            f"dump, {manifest['files']['bytes'] / 2**20:.1f} MiB in {manifest['files']['count']} files), "
-           f"unchanged site again {second_seconds:.0f} s (0 bytes copied), restore {restore_seconds:.0f} s")
+           f"unchanged site again {second_seconds:.0f} s (0 bytes copied), restore {restore_seconds:.0f} s; "
+           f"from 26.0's schema: up, migrate included, healthy in {upgrade_seconds:.0f} s")

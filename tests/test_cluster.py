@@ -1,7 +1,6 @@
 """The Slurm side: per-tool destinations (TPV), compute nodes that scale, accounting that tells
 why a job ended, jobs that survive restarts, and the switch to a site's own cluster."""
 import base64
-import json
 import os
 import re
 import time
@@ -9,26 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (JOB_WAIT, install_site_tool, run_and_wait, slurm_accounting, upload,
-                     wait_for_job)
+from helpers import (JOB_WAIT, SLEEP_TOOL, container_of, install_site_tool, run_and_wait,
+                     slurm_accounting, upload, wait_for_job)
 
 ROOT = Path(__file__).resolve().parent.parent
-# A tool of the site's own (helpers.install_site_tool): it sleeps, then writes the host it ran
-# on. Its timelimit (seconds) becomes Slurm's time limit.
-SLEEP_TOOL = """<tool id="sg_sleep" name="Sleep" version="1.0.0" profile="22.05">
-    <description>then write the host it ran on</description>
-    <requirements>
-        <resource type="timelimit">60</resource>
-    </requirements>
-    <command>sleep $seconds &amp;&amp; hostname &gt; '$output'</command>
-    <inputs>
-        <param name="seconds" type="integer" value="5" min="0"/>
-    </inputs>
-    <outputs>
-        <data name="output" format="txt"/>
-    </outputs>
-</tool>
-"""
 pytestmark = pytest.mark.timeout(420)
 
 
@@ -145,14 +128,6 @@ def test_job_on_a_killed_node_is_requeued_and_completes(stack, admin, user, slee
         assert stack.docker(f"inspect -f {{{{.State.Running}}}} {killed}").strip() == "false"
     finally:
         stack.scale(node=2)  # the killed node comes back and registers again
-
-
-def container_of(stack, service, index):
-    """The container id of replica `index` of `service`."""
-    ids = stack.compose(f"ps -q {service}").split()
-    containers = json.loads(stack.docker(f"inspect {' '.join(ids)}"))
-    return next(c["Id"] for c in containers
-                if c["Config"]["Labels"]["com.docker.compose.container-number"] == str(index))
 
 
 def wait_until_on_slurm(admin, job_ids, maxwait=JOB_WAIT):

@@ -1,17 +1,20 @@
 """Scale out live: web replicas behind nginx (no reload), several job handlers sharing the work,
-and a database sized for the fleet. Each test scales the stack to what it needs first."""
+and a database sized for the fleet; and the faults of a scaled stack: a replica killed, every
+handler restarted, handlers removed with jobs in flight. Each test scales the stack to what it
+needs first; every test but the last keeps three handlers, and tests needing more web replicas
+come before those needing fewer (starting a replica costs a minute; stopping one, seconds)."""
 import collections
 import os
 import re
-import threading
+import time
 import uuid
 from urllib.parse import urlsplit
 
 import pytest
 import requests
 
-from helpers import (JOB_WAIT, install_site_tool, log_in, nginx_upstreams, slurm_accounting,
-                     upload, wait_for)
+from helpers import (JOB_WAIT, SLEEP_TOOL, Load, container_of, install_site_tool, log_in,
+                     nginx_upstreams, slurm_accounting, upload, wait_for, wait_for_job)
 
 WEB_REPLICAS = 4
 HANDLERS = 3
@@ -21,7 +24,7 @@ pytestmark = pytest.mark.timeout(420)
 
 
 def test_scaled_web_replicas_all_serve_requests(stack):
-    stack.scale(web=WEB_REPLICAS)
+    stack.scale(web=WEB_REPLICAS, runner=HANDLERS)
     web_ips = stack.addresses("web", "front")
     assert len(web_ips) == WEB_REPLICAS
     # Docker's DNS has the new replicas at once; nginx re-resolves every 5 s, without a reload.
@@ -33,7 +36,7 @@ def test_scaled_web_replicas_all_serve_requests(stack):
 
 
 def test_one_login_works_on_every_replica(stack, admin):
-    stack.scale(web=WEB_REPLICAS)
+    stack.scale(web=WEB_REPLICAS, runner=HANDLERS)
     name = f"s{uuid.uuid4().hex[:8]}"
     admin.users.create_local_user(name, f"{name}@example.org", "session-password")
     session = log_in(stack.url, f"{name}@example.org", "session-password")
@@ -44,32 +47,8 @@ def test_one_login_works_on_every_replica(stack, admin):
     assert {a.split(":")[0] for a in nginx_upstreams(stack, marker)} == stack.addresses("web", "front")
 
 
-def test_a_toolbox_reload_reaches_every_replica_through_the_broker(stack, admin):
-    """A reload asked of one replica (through nginx) reaches every web replica and handler over
-    Galaxy's control bus, which is RabbitMQ: each process consumes its own queue there, and
-    PostgreSQL has no table of kombu's SQL transport (the bus no longer polls it)."""
-    stack.scale(web=2, runner=2)
-    tool_id = f"sg_bus_{uuid.uuid4().hex[:6]}"
-    # Returns once every web replica (asked directly) and a handler have the new tool.
-    tool = f"""<tool id="{tool_id}" name="Bus" version="1.0.0">
-    <command>echo ok &gt; '$out'</command>
-    <inputs/>
-    <outputs><data name="out" format="txt"/></outputs>
-</tool>
-"""
-    install_site_tool(stack, admin, tool_id, {f"{tool_id}.xml": tool})
-    rows = stack.exec("rabbitmq", "rabbitmqctl -q list_queues -p galaxy name consumers").split("\n")
-    consumed = {name.split("@")[0] for name, consumers in (r.split() for r in rows if r.strip())
-                if name.startswith("control.") and int(consumers) > 0}
-    assert consumed == {"control.web_1.1", "control.web_2.1", "control.handler_1",
-                        "control.handler_2"}, rows
-    kombu = stack.exec("postgres", "psql -U galaxy -d galaxy -At -c "
-                                   "\"select count(*) from pg_tables where tablename like 'kombu%'\"")
-    assert kombu.strip() == "0"
-
-
 def test_tus_upload_in_chunks_across_replicas(stack, user):
-    stack.scale(web=WEB_REPLICAS)
+    stack.scale(web=WEB_REPLICAS, runner=HANDLERS)
     data = os.urandom(1 << 20)
     chunk = 64 * 1024
     key = {"x-api-key": user.key, "Tus-Resumable": "1.0.0"}
@@ -92,82 +71,27 @@ def test_tus_upload_in_chunks_across_replicas(stack, user):
     assert len(set(servers)) >= 2, servers
 
 
-class Load:
-    """Clients sending requests through nginx until stopped; every answer is recorded."""
-
-    def __init__(self, url, headers, clients):
-        self.url, self.headers, self.results = url, headers, []
-        self.running = True
-        self.threads = [threading.Thread(target=self.client) for _ in range(clients)]
-
-    def client(self):
-        with requests.Session() as session:
-            while self.running:
-                try:
-                    self.results.append(session.get(self.url, headers=self.headers,
-                                                    timeout=60).status_code)
-                except requests.RequestException as e:
-                    self.results.append(repr(e))
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.running = False
-        for t in self.threads:
-            t.join()
-
-    def failures(self):
-        return collections.Counter(r for r in self.results if r != 200)
-
-
-def test_scaling_down_under_load_fails_no_request(stack, user):
-    stack.scale(web=WEB_REPLICAS)
-    history = user.histories.create_history("under load")
-    marker = f"down-{uuid.uuid4().hex[:8]}"
+def test_killing_one_of_four_replicas_under_load_fails_no_request(stack, user, figure):
+    """A web replica dies without warning (SIGKILL) while four clients read through nginx: nginx
+    sends each request the dead replica had, or would get, to another (proxy_next_upstream, for
+    idempotent requests) until it resolves the replica away, and no client sees an error."""
+    stack.scale(web=WEB_REPLICAS, runner=HANDLERS)
+    history = user.histories.create_history("one replica killed")
+    marker = f"kill-{uuid.uuid4().hex[:8]}"
     url = f"{stack.url}/api/histories/{history['id']}/contents?{marker}=1"
+    victim = container_of(stack, "web", 2)
     with Load(url, {"x-api-key": user.key}, clients=4) as load:
         wait_for(lambda: len(load.results) >= 50, 120, "load on four replicas", pause=0.5)
-        stack.scale(web=2)  # gunicorn finishes what it has; nginx moves on
-        remaining = stack.addresses("web", "front")
-        assert len(remaining) == 2
-
-        def nginx_moved_on():  # its last 30 answers all came from the two remaining replicas
-            last = nginx_upstreams(stack, marker)[-30:]
-            return len(last) == 30 and {a.split(":")[0] for a in last} <= remaining
-        wait_for(nginx_moved_on, 120, "nginx using only the remaining replicas", pause=1)
+        stack.docker(f"kill {victim}")
+        killed_after = len(load.results)
+        wait_for(lambda: len(load.results) >= killed_after + 200, 180,
+                 "200 requests after the kill", pause=0.5)
+    assert stack.docker(f"inspect -f {{{{.State.Running}}}} {victim}").strip() == "false"
     assert not load.failures(), load.failures()
-
-
-@pytest.mark.timeout(600)
-def test_jobs_are_shared_by_handlers_and_run_once(stack, admin, user):
-    stack.scale(web=2, runner=HANDLERS)
-    history = user.histories.create_history("many jobs")
-    source = upload(user, history["id"], "a\tb\n")
-    runs = [user.tools.run_tool(history["id"], "cat1",
-                                {"input1": {"src": "hda", "id": source["id"]}})
-            for _ in range(JOBS)]
-    for run in runs:
-        state = user.datasets.wait_for_dataset(run["outputs"][0]["id"], maxwait=JOB_WAIT)
-        assert state["state"] == "ok"
-    jobs = [admin.jobs.show_job(run["jobs"][0]["id"], full_details=True) for run in runs]
-    # Exactly one Slurm job per Galaxy job: Slurm's own accounting agrees with Galaxy's record.
-    slurm_ids = [job["external_id"] for job in jobs]
-    assert len(set(slurm_ids)) == JOBS
-    records = slurm_accounting(stack)
-    name_of = {r["id"]: r["name"] for r in records}
-    submissions = collections.Counter(r["name"] for r in records)  # name: g<Galaxy job id>
-    for slurm_id in slurm_ids:
-        assert submissions[name_of[slurm_id]] == 1, (slurm_id, name_of[slurm_id])
-    # Every handler took some: the handler column of Galaxy's job table (the API hides it).
-    galaxy_ids = [re.fullmatch(r"g(\d+)", name_of[s]).group(1) for s in slurm_ids]
-    query = f"select handler from job where id in ({','.join(galaxy_ids)})"
-    rows = stack.exec("postgres", f'psql -U galaxy -d galaxy -At -c "{query}"').split()
-    handlers = collections.Counter(rows)
-    assert sum(handlers.values()) == JOBS
-    assert set(handlers) == {f"handler_{i}" for i in range(1, HANDLERS + 1)}, handlers
+    retried = [a for a in nginx_upstreams(stack, marker) if a.endswith(",")]
+    assert retried  # requests did meet the dead replica, and were answered by another
+    figure(f"{len(load.results)} requests by 4 clients, one of 4 replicas killed after "
+           f"{killed_after}: 0 failed, {len(retried)} sent on to another replica by nginx")
 
 
 @pytest.mark.timeout(600)
@@ -199,3 +123,126 @@ def test_database_holds_seven_web_replicas_three_handlers_and_a_worker(stack, us
     assert peak <= bound, (peak, bound)
     logs = stack.compose("logs --no-color postgres web runner")
     assert "too many clients" not in logs and "remaining connection slots" not in logs
+
+
+def test_scaling_down_under_load_fails_no_request(stack, user):
+    stack.scale(web=WEB_REPLICAS, runner=HANDLERS)
+    history = user.histories.create_history("under load")
+    marker = f"down-{uuid.uuid4().hex[:8]}"
+    url = f"{stack.url}/api/histories/{history['id']}/contents?{marker}=1"
+    with Load(url, {"x-api-key": user.key}, clients=4) as load:
+        wait_for(lambda: len(load.results) >= 50, 120, "load on four replicas", pause=0.5)
+        stack.scale(web=2, runner=HANDLERS)  # gunicorn finishes what it has; nginx moves on
+        remaining = stack.addresses("web", "front")
+        assert len(remaining) == 2
+
+        def nginx_moved_on():  # its last 30 answers all came from the two remaining replicas
+            last = nginx_upstreams(stack, marker)[-30:]
+            return len(last) == 30 and {a.split(":")[0] for a in last} <= remaining
+        wait_for(nginx_moved_on, 120, "nginx using only the remaining replicas", pause=1)
+    assert not load.failures(), load.failures()
+
+
+def test_a_toolbox_reload_reaches_every_replica_through_the_broker(stack, admin):
+    """A reload asked of one replica (through nginx) reaches every web replica and handler over
+    Galaxy's control bus, which is RabbitMQ: each process consumes its own queue there, and
+    PostgreSQL has no table of kombu's SQL transport (the bus no longer polls it)."""
+    stack.scale(web=2, runner=HANDLERS)
+    tool_id = f"sg_bus_{uuid.uuid4().hex[:6]}"
+    # Returns once every web replica (asked directly) and a handler have the new tool.
+    tool = f"""<tool id="{tool_id}" name="Bus" version="1.0.0">
+    <command>echo ok &gt; '$out'</command>
+    <inputs/>
+    <outputs><data name="out" format="txt"/></outputs>
+</tool>
+"""
+    install_site_tool(stack, admin, tool_id, {f"{tool_id}.xml": tool})
+    rows = stack.exec("rabbitmq", "rabbitmqctl -q list_queues -p galaxy name consumers").split("\n")
+    consumed = {name.split("@")[0] for name, consumers in (r.split() for r in rows if r.strip())
+                if name.startswith("control.") and int(consumers) > 0}
+    assert consumed == {"control.web_1.1", "control.web_2.1", "control.handler_1",
+                        "control.handler_2", "control.handler_3"}, rows
+    kombu = stack.exec("postgres", "psql -U galaxy -d galaxy -At -c "
+                                   "\"select count(*) from pg_tables where tablename like 'kombu%'\"")
+    assert kombu.strip() == "0"
+
+
+@pytest.mark.timeout(600)
+def test_jobs_are_shared_by_handlers_and_run_once_when_all_restart(stack, admin, user, figure):
+    """30 jobs over three handlers; with the queue still full, every handler restarts at once.
+    Each handler takes up what it held when it starts again: every job ends ok, each ran on Slurm
+    exactly once, and every handler took some."""
+    stack.scale(web=2, runner=HANDLERS)
+    history = user.histories.create_history("many jobs")
+    source = upload(user, history["id"], "a\tb\n")
+    runs = [user.tools.run_tool(history["id"], "cat1",
+                                {"input1": {"src": "hda", "id": source["id"]}})
+            for _ in range(JOBS)]
+
+    def states():
+        return collections.Counter(user.jobs.show_job(run["jobs"][0]["id"])["state"]
+                                   for run in runs)
+    wait_for(lambda: states()["ok"] >= 3, JOB_WAIT, "the first jobs done")
+    waiting = JOBS - states()["ok"]
+    query = "select distinct handler from job where state in ('new', 'queued', 'running')"
+    holders = stack.exec("postgres", f'psql -U galaxy -d galaxy -At -c "{query}"').split()
+    assert len(set(holders) & {f"handler_{i}" for i in range(1, HANDLERS + 1)}) >= 2, holders
+    restarted = time.monotonic()
+    stack.compose("restart runner")  # all three at once
+    for run in runs:
+        state = user.datasets.wait_for_dataset(run["outputs"][0]["id"], maxwait=JOB_WAIT)
+        assert state["state"] == "ok"
+    figure(f"{waiting} of {JOBS} jobs not done when all {HANDLERS} handlers restarted; all ok "
+           f"{time.monotonic() - restarted:.0f} s after the restart")
+    jobs = [admin.jobs.show_job(run["jobs"][0]["id"], full_details=True) for run in runs]
+    # Exactly one Slurm job per Galaxy job: Slurm's own accounting agrees with Galaxy's record.
+    slurm_ids = [job["external_id"] for job in jobs]
+    assert len(set(slurm_ids)) == JOBS
+    records = slurm_accounting(stack)
+    name_of = {r["id"]: r["name"] for r in records}
+    submissions = collections.Counter(r["name"] for r in records)  # name: g<Galaxy job id>
+    for slurm_id in slurm_ids:
+        assert submissions[name_of[slurm_id]] == 1, (slurm_id, name_of[slurm_id])
+    # Every handler took some: the handler column of Galaxy's job table (the API hides it).
+    galaxy_ids = [re.fullmatch(r"g(\d+)", name_of[s]).group(1) for s in slurm_ids]
+    query = f"select handler from job where id in ({','.join(galaxy_ids)})"
+    rows = stack.exec("postgres", f'psql -U galaxy -d galaxy -At -c "{query}"').split()
+    handlers = collections.Counter(rows)
+    assert sum(handlers.values()) == JOBS
+    assert set(handlers) == {f"handler_{i}" for i in range(1, HANDLERS + 1)}, handlers
+
+
+@pytest.mark.timeout(600)
+def test_jobs_of_handlers_removed_by_scaling_down_end_ok(stack, admin, user, figure):
+    """`--scale runner=1` from three while the removed handlers hold jobs running on Slurm (and
+    maybe claimed ones waiting): the handler left takes them over once they are gone
+    (docker/stranded_jobs.py), and every job ends ok, run on Slurm once."""
+    stack.scale(web=2, runner=HANDLERS)
+    install_site_tool(stack, admin, "sg_sleep", {"sg_sleep.xml": SLEEP_TOOL})
+    history = user.histories.create_history("handlers removed")
+    # Longer than a removed handler's 10 s to stop: they are still running when it has gone.
+    job_ids = [user.tools.run_tool(history["id"], "sg_sleep", {"seconds": 30})["jobs"][0]["id"]
+               for _ in range(6)]
+    removed = [f"handler_{i}" for i in range(2, HANDLERS + 1)]
+    names = ", ".join(f"'{name}'" for name in removed)
+    query = f"select state from job where handler in ({names}) and state in ('new', 'queued', 'running')"
+
+    def held_by_removed():
+        return stack.exec("postgres", f'psql -U galaxy -d galaxy -At -c "{query}"').split()
+    wait_for(lambda: "running" in held_by_removed(), JOB_WAIT, f"a job running for {removed}",
+             pause=0.5)
+    removed_at = time.monotonic()
+    stack.compose("up -d --scale web=2 --scale runner=1 --scale node=1 --scale celery=1")
+    held = collections.Counter(held_by_removed())
+    assert stack.replicas("runner") == 1 and held["running"] >= 1, held
+    jobs = [wait_for_job(user, job_id, maxwait=JOB_WAIT + 300) for job_id in job_ids]
+    figure(f"held by the removed handlers once they were gone: {dict(held)}; all {len(jobs)} "
+           f"jobs' ends {time.monotonic() - removed_at:.0f} s after scaling down")
+    assert [job["state"] for job in jobs] == ["ok"] * len(jobs), [job["state"] for job in jobs]
+    assert re.search(r"handler_[23] is gone", stack.compose("logs --no-color runner"))
+    records = slurm_accounting(stack)
+    name_of = {r["id"]: r["name"] for r in records}
+    submissions = collections.Counter(r["name"] for r in records)  # name: g<Galaxy job id>
+    for job_id in job_ids:
+        name = name_of[admin.jobs.show_job(job_id, full_details=True)["external_id"]]
+        assert submissions[name] == 1, name

@@ -17,22 +17,154 @@ a Python started for it in every job. Two things Galaxy 26.1 leaves open are clo
   Galaxy. So a job whose galaxy.json names a file outside its own directory gets no metadata task:
   Galaxy's handler sets its outputs' metadata itself (retry_metadata_internally, Galaxy's default),
   from its own list of outputs, and the names the job gave are never opened.
+
+And what a database outage (PostgreSQL restarting) did to jobs: Galaxy fails a job whose
+preparation, submission or finish meets the database gone ("Failure preparing job", "Unhandled
+exception calling queue_job", "Unable to finish job"), though the job is not at fault; one
+submitted to Slurm whose id could not be saved, or handed to the runner as the database went,
+was left `queued` for ever. Here a job is submitted or finished only while the database
+answers, else tried again 10 s later; a job that loses it while handed over or prepared goes back
+to its handler as `new` (its handler dispatches it afresh); the Slurm id of a job just
+submitted is saved once the database is back (the job is not submitted twice). A finish that
+loses the database half-way still fails the job: it may have moved outputs already.
 """
 import logging
 import os
+import sys
+import threading
+import time
+
+from sqlalchemy import text
 
 from galaxy.jobs.runners.cli import ShellJobRunner
 from galaxy.util import asbool
+from galaxy_stack.database import unreachable
 
 log = logging.getLogger(__name__)
+# How long a job waits for the database to come back before its runner tries it again.
+RETRY_AFTER = 10
 
 
 class MetadataFirstShellJobRunner(ShellJobRunner):
+
+    def queue_job(self, job_wrapper):
+        if self.later_unless_database_answers(self.queue_job, job_wrapper):
+            return
+        submitted = []
+        set_external_id = job_wrapper.set_external_id
+
+        def set_external_id_once_saved(external_id, *args, **kwargs):
+            submitted.append(external_id)  # on Slurm now: never submitted again
+            self.until_saved(lambda: set_external_id(external_id, *args, **kwargs),
+                             f"({job_wrapper.job_id}) Slurm job {external_id}'s id")
+        job_wrapper.set_external_id = set_external_id_once_saved
+        try:
+            super().queue_job(job_wrapper)
+        except Exception as e:
+            if submitted or not unreachable(e):
+                raise
+            self.sa_session.rollback()
+            self.later(self.queue_job, job_wrapper, f"the database went away before it was submitted: {e}")
+        finally:
+            del job_wrapper.set_external_id  # Galaxy's own again
+
+    def until_saved(self, save, what, patience=600):
+        """save(), again every 5 s while the database is unreachable (`patience` seconds)."""
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                return save()
+            except Exception as e:
+                if not unreachable(e) or time.monotonic() > deadline:
+                    raise
+                self.sa_session.rollback()
+                log.warning("%s not saved, the database is unreachable (%s): again in 5 s", what,
+                            str(e).strip().splitlines()[0])
+                time.sleep(5)
+
+    def put(self, job_wrapper):
+        """Galaxy's (the handler hands a job to this runner), except that losing the database
+        half-way doesn't fail the job: it is handed over again shortly."""
+        lost = self.unless_the_database_was_lost(job_wrapper, super().put, job_wrapper)
+        if lost:
+            self.back_to_the_handler(job_wrapper.job_id,
+                                     f"the database went away while it was queued: {lost}")
+
+    def prepare_job(self, job_wrapper, *args, **kwargs):
+        """Galaxy's, except that losing the database half-way doesn't fail the job: it stays
+        queued, and is prepared again (from the start, as after a handler restart) shortly."""
+        ready = []
+        lost = self.unless_the_database_was_lost(
+            job_wrapper, lambda: ready.append(super(MetadataFirstShellJobRunner, self).prepare_job(
+                job_wrapper, *args, **kwargs)))
+        if lost:
+            self.back_to_the_handler(job_wrapper.job_id,
+                                     f"the database went away while it was prepared: {lost}")
+            return False
+        return ready[0]
+
+    def unless_the_database_was_lost(self, job_wrapper, call, *args):
+        """call(*args) with the job's fail() ignoring a failure that is the database's: what
+        was lost (the session rolled back), or None."""
+        lost = []
+        fail = job_wrapper.fail
+
+        def fail_unless_the_database_was_lost(*a, **kw):
+            if unreachable(sys.exc_info()[1]):
+                lost.append(sys.exc_info()[1])
+                return None
+            return fail(*a, **kw)
+        job_wrapper.fail = fail_unless_the_database_was_lost
+        try:
+            call(*args)
+        finally:
+            del job_wrapper.fail  # Galaxy's own again
+        if not lost:
+            return None
+        self.sa_session.rollback()
+        return lost[0]
+
+    def later_unless_database_answers(self, method, arg):
+        """True (and `method(arg)` put back on the work queue in RETRY_AFTER seconds) if the
+        database doesn't answer now."""
+        try:
+            self.sa_session.execute(text("SELECT 1"))
+            return False
+        except Exception as e:
+            self.sa_session.rollback()
+            self.later(method, arg, f"the database does not answer: {e}")
+            return True
+
+    def back_to_the_handler(self, job_id, why):
+        """The job `new` again once the database is back: its handler dispatches it afresh, as
+        any new job (its wrapper holds objects of a session that is gone)."""
+        log.warning("(%s) %s; handing it back to its handler in %d s", job_id, str(why).strip(),
+                    RETRY_AFTER)
+
+        def new_again():
+            def update():
+                with self.app.model.engine.begin() as conn:
+                    conn.execute(text("UPDATE job SET state = 'new' WHERE id = :id AND state = 'queued'"),
+                                 {"id": job_id})
+            self.until_saved(update, f"({job_id}) the job's state `new`")
+        timer = threading.Timer(RETRY_AFTER, new_again)
+        timer.daemon = True
+        timer.start()
+
+    def later(self, method, arg, why):
+        wrapper = getattr(arg, "job_wrapper", arg)
+        log.warning("(%s) %s; trying %s again in %d s", wrapper.job_id, str(why).strip(),
+                    method.__name__, RETRY_AFTER)
+        timer = threading.Timer(RETRY_AFTER, self.work_queue.put, ((method, arg),))
+        timer.daemon = True
+        timer.start()
 
     def handle_metadata_externally(self, ajs):
         """Queued by ShellJobRunner beside finish_job: done by finish_job itself (below)."""
 
     def finish_job(self, job_state):
+        if self.later_unless_database_answers(self.finish_job, job_state):
+            return
         wrapper = job_state.job_wrapper
         if not asbool(wrapper.job_destination.params.get("embed_metadata_in_job", True)):
             outside = files_outside_the_job(wrapper)
