@@ -64,7 +64,8 @@ class MetadataFirstShellJobRunner(ShellJobRunner):
             if submitted or not unreachable(e):
                 raise
             self.sa_session.rollback()
-            self.later(self.queue_job, job_wrapper, f"the database went away before it was submitted: {e}")
+            self.back_to_the_handler(job_wrapper.job_id,
+                                     f"the database went away before it was submitted: {e}")
         finally:
             del job_wrapper.set_external_id  # Galaxy's own again
 
@@ -84,15 +85,15 @@ class MetadataFirstShellJobRunner(ShellJobRunner):
 
     def put(self, job_wrapper):
         """Galaxy's (the handler hands a job to this runner), except that losing the database
-        half-way doesn't fail the job: it is handed over again shortly."""
+        half-way doesn't fail the job: it goes back to its handler."""
         lost = self.unless_the_database_was_lost(job_wrapper, super().put, job_wrapper)
         if lost:
             self.back_to_the_handler(job_wrapper.job_id,
                                      f"the database went away while it was queued: {lost}")
 
     def prepare_job(self, job_wrapper, *args, **kwargs):
-        """Galaxy's, except that losing the database half-way doesn't fail the job: it stays
-        queued, and is prepared again (from the start, as after a handler restart) shortly."""
+        """Galaxy's, except that losing the database half-way doesn't fail the job: it goes back
+        to its handler, and is prepared again from the start."""
         ready = []
         lost = self.unless_the_database_was_lost(
             job_wrapper, lambda: ready.append(super(MetadataFirstShellJobRunner, self).prepare_job(
