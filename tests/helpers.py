@@ -122,6 +122,11 @@ def container_of(stack, service, index):
                 if c["Config"]["Labels"]["com.docker.compose.container-number"] == str(index))
 
 
+def psql(stack, query):
+    """`query`'s rows from Galaxy's database, as psql prints them unaligned (-At), stripped."""
+    return stack.exec("postgres", f'psql -U galaxy -d galaxy -At -c "{query}"').strip()
+
+
 def slurm_accounting(stack):
     """Slurm's own record of every job submitted today (sacct; finished jobs included, a requeued
     job once per run): [{"id", "name", "state", "node"}]. Slurm's job name is g<Galaxy's job id>."""

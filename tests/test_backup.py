@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import cat_workflow, log_in, run_and_wait, tear_down, upload
+from helpers import cat_workflow, log_in, psql, run_and_wait, tear_down, upload
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -41,7 +41,7 @@ def backup(stack, folder):
 def schema(stack):
     """The database's revision of Galaxy's schema (alembic's gxy branch)."""
     query = "select version_num from alembic_version"
-    revisions = stack.exec("postgres", f'psql -U galaxy -d galaxy -At -c "{query}"').split()
+    revisions = psql(stack, query).split()
     return next(r for r in revisions if r != "d4a650f47a3c")  # the other is the tsi branch's
 
 

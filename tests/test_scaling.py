@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from helpers import (JOB_WAIT, SLEEP_TOOL, Load, container_of, install_site_tool, log_in,
-                     nginx_upstreams, slurm_accounting, upload, wait_for, wait_for_job)
+                     nginx_upstreams, psql, slurm_accounting, upload, wait_for, wait_for_job)
 
 WEB_REPLICAS = 4
 HANDLERS = 3
@@ -98,8 +98,7 @@ def test_killing_one_of_four_replicas_under_load_fails_no_request(stack, user, f
 def test_database_holds_seven_web_replicas_three_handlers_and_a_worker(stack, user, figure):
     web, workers = 7, 1
     stack.scale(web=web, runner=HANDLERS, celery=workers)
-    psql = "psql -U galaxy -d galaxy -At -c"
-    max_connections = int(stack.exec("postgres", f"{psql} 'show max_connections'"))
+    max_connections = int(psql(stack, "show max_connections"))
     setting = {v: int(stack.exec("web", f"printenv {v}")) for v in
                ("GALAXY_WEB_WORKERS", "GALAXY_DB_POOL_SIZE", "GALAXY_DB_MAX_OVERFLOW")}
     # The README's formula: every Galaxy process (web workers, handlers, Celery workers, migrate)
@@ -110,10 +109,10 @@ def test_database_holds_seven_web_replicas_three_handlers_and_a_worker(stack, us
     history = user.histories.create_history("fleet")
     url = f"{stack.url}/api/histories/{history['id']}/contents"
     samples = []
-    count = f"{psql} \"select count(*) from pg_stat_activity where datname='galaxy'\""
+    count = "select count(*) from pg_stat_activity where datname='galaxy'"
     with Load(url, {"x-api-key": user.key}, clients=64) as load:
         # Sampled while 64 clients keep every replica busy, until 400 requests are answered.
-        wait_for(lambda: samples.append(int(stack.exec("postgres", count)))
+        wait_for(lambda: samples.append(int(psql(stack, count)))
                  or len(load.results) >= 400, 300, "400 requests under load", pause=1)
     peak = max(samples)
     figure(f"{len(load.results)} requests by 64 clients, peak {peak} connections; "
@@ -162,9 +161,7 @@ def test_a_toolbox_reload_reaches_every_replica_through_the_broker(stack, admin)
                 if name.startswith("control.") and int(consumers) > 0}
     assert consumed == {"control.web_1.1", "control.web_2.1", "control.handler_1",
                         "control.handler_2", "control.handler_3"}, rows
-    kombu = stack.exec("postgres", "psql -U galaxy -d galaxy -At -c "
-                                   "\"select count(*) from pg_tables where tablename like 'kombu%'\"")
-    assert kombu.strip() == "0"
+    assert psql(stack, "select count(*) from pg_tables where tablename like 'kombu%'") == "0"
 
 
 @pytest.mark.timeout(600)
@@ -185,7 +182,7 @@ def test_jobs_are_shared_by_handlers_and_run_once_when_all_restart(stack, admin,
     wait_for(lambda: states()["ok"] >= 3, JOB_WAIT, "the first jobs done")
     waiting = JOBS - states()["ok"]
     query = "select distinct handler from job where state in ('new', 'queued', 'running')"
-    holders = stack.exec("postgres", f'psql -U galaxy -d galaxy -At -c "{query}"').split()
+    holders = psql(stack, query).split()
     assert len(set(holders) & {f"handler_{i}" for i in range(1, HANDLERS + 1)}) >= 2, holders
     restarted = time.monotonic()
     stack.compose("restart runner")  # all three at once
@@ -206,7 +203,7 @@ def test_jobs_are_shared_by_handlers_and_run_once_when_all_restart(stack, admin,
     # Every handler took some: the handler column of Galaxy's job table (the API hides it).
     galaxy_ids = [re.fullmatch(r"g(\d+)", name_of[s]).group(1) for s in slurm_ids]
     query = f"select handler from job where id in ({','.join(galaxy_ids)})"
-    rows = stack.exec("postgres", f'psql -U galaxy -d galaxy -At -c "{query}"').split()
+    rows = psql(stack, query).split()
     handlers = collections.Counter(rows)
     assert sum(handlers.values()) == JOBS
     assert set(handlers) == {f"handler_{i}" for i in range(1, HANDLERS + 1)}, handlers
@@ -228,7 +225,7 @@ def test_jobs_of_handlers_removed_by_scaling_down_end_ok(stack, admin, user, fig
     query = f"select state from job where handler in ({names}) and state in ('new', 'queued', 'running')"
 
     def held_by_removed():
-        return stack.exec("postgres", f'psql -U galaxy -d galaxy -At -c "{query}"').split()
+        return psql(stack, query).split()
     wait_for(lambda: "running" in held_by_removed(), JOB_WAIT, f"a job running for {removed}",
              pause=0.5)
     removed_at = time.monotonic()

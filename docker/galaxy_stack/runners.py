@@ -20,13 +20,21 @@ a Python started for it in every job. Two things Galaxy 26.1 leaves open are clo
 
 And what a database outage (PostgreSQL restarting) did to jobs: Galaxy fails a job whose
 preparation, submission or finish meets the database gone ("Failure preparing job", "Unhandled
-exception calling queue_job", "Unable to finish job"), though the job is not at fault; one
-submitted to Slurm whose id could not be saved, or handed to the runner as the database went,
-was left `queued` for ever. Here a job is submitted or finished only while the database
-answers, else tried again 10 s later; a job that loses it while handed over or prepared goes back
-to its handler as `new` (its handler dispatches it afresh); the Slurm id of a job just
-submitted is saved once the database is back (the job is not submitted twice). A finish that
-loses the database half-way still fails the job: it may have moved outputs already.
+exception calling queue_job", "Unable to finish job"), though the job is not at fault. Others were
+left `queued` for ever: one submitted to Slurm whose id could not be saved, one handed to the
+runner as the database went, one whose finish lost it (failing it needs the database too), and any
+a worker thread took from the runner's queue while it was away (Galaxy's worker looks the job up
+outside its try block: the error ended the thread, and the job with it). Here:
+- a job is submitted, finished or failed only while the database answers, else 10 s later;
+- a job that loses it while handed over or prepared goes back to its handler as `new` (its
+  handler dispatches it afresh);
+- the Slurm id of a job just submitted is saved once the database is back (never submitted twice);
+- a finish that loses it is done again from the start, as Galaxy finishes a job again after a
+  restart (outputs it had moved already are found where they went, unless empty: that job ends in
+  error; the Slurm job's own stdout and exit code files are kept until a finish is through);
+- a job is finished once even if Galaxy's monitor hands it over twice (it does when the database
+  goes away half-way through its list of watched jobs);
+- a worker thread outlives the database.
 """
 import logging
 import os
@@ -46,6 +54,21 @@ RETRY_AFTER = 10
 
 
 class MetadataFirstShellJobRunner(ShellJobRunner):
+
+    def __init__(self, *args, **kwargs):
+        self.finishing = threading.Lock()  # taking a job to finish, once
+        super().__init__(*args, **kwargs)
+
+    def _ensure_db_session(self, arg):
+        """Galaxy's, called by its worker thread outside any try: the database unreachable there
+        no longer ends the thread (the method the work item calls meets the error instead, and
+        puts the item back for later)."""
+        try:
+            super()._ensure_db_session(arg)
+        except Exception as e:
+            self.sa_session.rollback()
+            log.warning("(%s) the job's record not loaded (%s)", getattr(arg, "job_wrapper", arg).job_id,
+                        str(e).strip().splitlines()[0])
 
     def queue_job(self, job_wrapper):
         if self.later_unless_database_answers(self.queue_job, job_wrapper):
@@ -160,12 +183,47 @@ class MetadataFirstShellJobRunner(ShellJobRunner):
         timer.daemon = True
         timer.start()
 
+    def fail_job(self, job_state, *args, **kwargs):
+        """Galaxy's, once the database answers (else it failed itself and the job stayed as it
+        was)."""
+        if self.later_unless_database_answers(self.fail_job, job_state):
+            return
+        super().fail_job(job_state, *args, **kwargs)
+
     def handle_metadata_externally(self, ajs):
         """Queued by ShellJobRunner beside finish_job: done by finish_job itself (below)."""
 
     def finish_job(self, job_state):
-        if self.later_unless_database_answers(self.finish_job, job_state):
+        with self.finishing:
+            if getattr(job_state, "finish_taken", False):
+                log.debug("(%s) already being finished", job_state.job_wrapper.job_id)
+                return
+            job_state.finish_taken = True
+        self.finish_until_done(job_state)
+
+    def finish_until_done(self, job_state):
+        """The job finished, again from the start (RETRY_AFTER seconds later) while the database is
+        unreachable or is lost on the way."""
+        if self.later_unless_database_answers(self.finish_until_done, job_state):
             return
+        cleanup, asked = job_state.cleanup, []
+        job_state.cleanup = lambda: asked.append(True)  # the Slurm job's files: needed by a retry
+        try:
+            lost = self.unless_the_database_was_lost(job_state.job_wrapper, self.finish_once, job_state)
+        except Exception as e:
+            if not unreachable(e):
+                raise
+            self.sa_session.rollback()
+            lost = e
+        finally:
+            del job_state.cleanup  # the class's own again
+        if lost:
+            self.later(self.finish_until_done, job_state,
+                       f"the database went away while it was finished: {lost}")
+        elif asked:
+            cleanup()
+
+    def finish_once(self, job_state):
         wrapper = job_state.job_wrapper
         if not asbool(wrapper.job_destination.params.get("embed_metadata_in_job", True)):
             outside = files_outside_the_job(wrapper)

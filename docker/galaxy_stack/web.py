@@ -4,7 +4,10 @@ with one answer added. A request that needs a server Galaxy can't reach right no
 (PostgreSQL restarting), or, for a background task, Celery's broker (RabbitMQ) or result store
 (Redis). Here it gets 503, Retry-After, and a message in Galaxy's own error format saying which
 server is missing: nginx tries the request on the next web replica (proxy_next_upstream), and
-the same request works once the server is back. Other errors are Galaxy's, as before."""
+the same request works once the server is back. Other errors are Galaxy's, as before. The routes
+Galaxy still serves from its older WSGI application (running a tool, POST /api/tools, is one)
+answer their own errors (galaxy.web.framework.decorators): there, too, the database's absence
+answers 503."""
 import logging
 
 from kombu.exceptions import OperationalError as BrokerUnreachable
@@ -13,6 +16,8 @@ from sqlalchemy.exc import DBAPIError
 from starlette.responses import JSONResponse
 
 from galaxy.exceptions.error_codes import error_codes_by_name
+from galaxy.util.json import safe_dumps
+from galaxy.web.framework import decorators
 from galaxy.webapps.galaxy import fast_factory
 from galaxy_stack import database
 
@@ -40,8 +45,32 @@ def answer_unreachable(server, need):
     async def answer(request, exc):
         log.error("%s %s %s the %s is unreachable: %s", request.method, request.url.path, need,
                   server, exc)
-        return JSONResponse(status_code=503, headers={"Retry-After": "30"}, content={
-            "err_msg": f"This request {need} Galaxy can't reach its {server} right now. Try "
-                       "again in a minute; if it goes on, tell the site's admin.",
-            "err_code": error_codes_by_name["INTERNAL_SERVER_ERROR"].code})
+        return JSONResponse(status_code=503, headers=RETRY, content=unreachable(server, need))
     return answer
+
+
+RETRY = {"Retry-After": "30"}
+
+
+def unreachable(server, need):
+    return {"err_msg": f"This request {need} Galaxy can't reach its {server} right now. Try again "
+                       "in a minute; if it goes on, tell the site's admin.",
+            "err_code": error_codes_by_name["INTERNAL_SERVER_ERROR"].code}
+
+
+galaxy_wsgi_api_error = getattr(decorators, "__api_error_response")
+
+
+def wsgi_api_error(trans, **kwds):
+    exception = kwds.get("exception")
+    if exception is None or not database.unreachable(exception):
+        return galaxy_wsgi_api_error(trans, **kwds)
+    log.error("%s %s failed: the %s is unreachable: %s", trans.request.method, trans.request.path,
+              DATABASE, exception)
+    trans.response.status = 503
+    trans.response.headers["Retry-After"] = RETRY["Retry-After"]
+    return safe_dumps(unreachable(DATABASE, "failed:"))
+
+
+# Looked up by name when a WSGI route fails, so replacing it here holds for every route.
+setattr(decorators, "__api_error_response", wsgi_api_error)
