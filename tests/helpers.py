@@ -127,12 +127,21 @@ def psql(stack, query):
     return stack.exec("postgres", f'psql -U galaxy -d galaxy -At -c "{query}"').strip()
 
 
-def slurm_accounting(stack):
+def slurm_accounting(stack, slurm_ids):
     """Slurm's own record of every job submitted today (sacct; finished jobs included, a requeued
-    job once per run): [{"id", "name", "state", "node"}]. Slurm's job name is g<Galaxy's job id>."""
-    out = stack.exec("slurmctld", "sacct -X -D -n -P -a -S now-1days -o JobID,JobName,State,NodeList")
+    job once per run): [{"id", "name", "state", "node"}], once it holds each of `slurm_ids`
+    (slurmctld sends its records to slurmdbd in the background: a job just ended may not be there
+    yet). Slurm's job name is g<Galaxy's job id>."""
     keys = ("id", "name", "state", "node")
-    return [dict(zip(keys, line.split("|"), strict=True)) for line in out.splitlines() if line.strip()]
+    taken = []
+
+    def holds_them():
+        out = stack.exec("slurmctld", "sacct -X -D -n -P -a -S now-1days -o JobID,JobName,State,NodeList")
+        taken.append([dict(zip(keys, line.split("|"), strict=True))
+                      for line in out.splitlines() if line.strip()])
+        return set(slurm_ids) <= {r["id"] for r in taken[-1]}
+    wait_for(holds_them, 60, f"Slurm's accounting of jobs {sorted(slurm_ids)}", pause=1)
+    return taken[-1]
 
 
 def write_file(stack, path, text):

@@ -35,11 +35,12 @@ def sleep_jobs(gi, history_id, seconds, count):
 
 def slurm_runs(stack, admin, job_ids):
     """For each Galaxy job: Slurm's records of the job name Galaxy gave it (one per run)."""
-    records = slurm_accounting(stack)
+    external = {job_id: admin.jobs.show_job(job_id, full_details=True)["external_id"]
+                for job_id in job_ids}
+    records = slurm_accounting(stack, external.values())
     runs = {}
     for job_id in job_ids:
-        external = admin.jobs.show_job(job_id, full_details=True)["external_id"]
-        name = next(r["name"] for r in records if r["id"] == external)
+        name = next(r["name"] for r in records if r["id"] == external[job_id])
         runs[job_id] = [r for r in records if r["name"] == name]
     return runs
 

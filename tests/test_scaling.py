@@ -195,7 +195,7 @@ def test_jobs_are_shared_by_handlers_and_run_once_when_all_restart(stack, admin,
     # Exactly one Slurm job per Galaxy job: Slurm's own accounting agrees with Galaxy's record.
     slurm_ids = [job["external_id"] for job in jobs]
     assert len(set(slurm_ids)) == JOBS
-    records = slurm_accounting(stack)
+    records = slurm_accounting(stack, slurm_ids)
     name_of = {r["id"]: r["name"] for r in records}
     submissions = collections.Counter(r["name"] for r in records)  # name: g<Galaxy job id>
     for slurm_id in slurm_ids:
@@ -237,9 +237,9 @@ def test_jobs_of_handlers_removed_by_scaling_down_end_ok(stack, admin, user, fig
            f"jobs' ends {time.monotonic() - removed_at:.0f} s after scaling down")
     assert [job["state"] for job in jobs] == ["ok"] * len(jobs), [job["state"] for job in jobs]
     assert re.search(r"handler_[23] is gone", stack.compose("logs --no-color runner"))
-    records = slurm_accounting(stack)
+    external = [admin.jobs.show_job(job_id, full_details=True)["external_id"] for job_id in job_ids]
+    records = slurm_accounting(stack, external)
     name_of = {r["id"]: r["name"] for r in records}
     submissions = collections.Counter(r["name"] for r in records)  # name: g<Galaxy job id>
-    for job_id in job_ids:
-        name = name_of[admin.jobs.show_job(job_id, full_details=True)["external_id"]]
-        assert submissions[name] == 1, name
+    for slurm_id in external:
+        assert submissions[name_of[slurm_id]] == 1, name_of[slurm_id]
