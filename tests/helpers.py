@@ -219,14 +219,35 @@ def cat_workflow(name):
         }}
 
 
-class Load:
+class Clients:
+    """Threads each running `client()` from the start of a `with` block until its end (checking
+    `running`)."""
+
+    def __init__(self, clients):
+        self.running = True
+        self.threads = [threading.Thread(target=self.client) for _ in range(clients)]
+
+    def client(self):
+        raise NotImplementedError
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.running = False
+        for t in self.threads:
+            t.join()
+
+
+class Load(Clients):
     """Clients sending requests through nginx until stopped; every answer is recorded, with
     when its request was sent (`answers`: (monotonic time, status or error))."""
 
     def __init__(self, url, headers, clients):
         self.url, self.headers, self.answers = url, headers, []
-        self.running = True
-        self.threads = [threading.Thread(target=self.client) for _ in range(clients)]
+        super().__init__(clients)
 
     def client(self):
         with requests.Session() as session:
@@ -241,16 +262,6 @@ class Load:
     @property
     def results(self):
         return [result for _, result in self.answers]
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.running = False
-        for t in self.threads:
-            t.join()
 
     def failures(self):
         return collections.Counter(r for r in self.results if r != 200)

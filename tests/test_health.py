@@ -6,14 +6,13 @@ job stranded (docker/stranded_jobs.py): one deleted before any handler claimed i
 `deleted`. And a database restart costs the site a few 503s, no container restart and no job."""
 import collections
 import json
-import threading
 import time
 
 import bioblend
 import pytest
 import requests
 
-from helpers import JOB_WAIT, Load, psql, upload, wait_for, wait_for_job
+from helpers import JOB_WAIT, Clients, Load, psql, upload, wait_for, wait_for_job
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -123,16 +122,16 @@ def test_a_database_restart_under_load_needs_no_other_restart_and_loses_no_job(s
     assert states == {"ok": len(submitted.jobs)}, states
 
 
-class Submitting:
+class Submitting(Clients):
     """A client submitting cat1 jobs one after another, about one a second, until the block ends:
     `jobs`, the ids Galaxy accepted; `refused`, the status of each submission it refused."""
 
     def __init__(self, user, history, dataset):
         self.user, self.history, self.dataset = user, history, dataset
-        self.jobs, self.refused, self.running = [], [], True
-        self.thread = threading.Thread(target=self.submit)
+        self.jobs, self.refused = [], []
+        super().__init__(clients=1)
 
-    def submit(self):
+    def client(self):
         while self.running:
             try:
                 run = self.user.tools.run_tool(self.history, "cat1",
@@ -141,14 +140,6 @@ class Submitting:
             except bioblend.ConnectionError as e:
                 self.refused.append(e.status_code)
             time.sleep(1)  # pace, not a wait: a few dozen jobs in all
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.running = False
-        self.thread.join()
 
 
 # A heartbeat written within the last minute and a half (Galaxy beats every minute).

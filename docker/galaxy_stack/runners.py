@@ -129,7 +129,7 @@ class MetadataFirstShellJobRunner(ShellJobRunner):
 
     def unless_the_database_was_lost(self, job_wrapper, call, *args):
         """call(*args) with the job's fail() ignoring a failure that is the database's: what
-        was lost (the session rolled back), or None."""
+        was lost, caught by Galaxy (fail() called) or raised (the session rolled back), or None."""
         lost = []
         fail = job_wrapper.fail
 
@@ -141,6 +141,10 @@ class MetadataFirstShellJobRunner(ShellJobRunner):
         job_wrapper.fail = fail_unless_the_database_was_lost
         try:
             call(*args)
+        except Exception as e:
+            if not unreachable(e):
+                raise
+            lost.append(e)
         finally:
             del job_wrapper.fail  # Galaxy's own again
         if not lost:
@@ -210,11 +214,6 @@ class MetadataFirstShellJobRunner(ShellJobRunner):
         job_state.cleanup = lambda: asked.append(True)  # the Slurm job's files: needed by a retry
         try:
             lost = self.unless_the_database_was_lost(job_state.job_wrapper, self.finish_once, job_state)
-        except Exception as e:
-            if not unreachable(e):
-                raise
-            self.sa_session.rollback()
-            lost = e
         finally:
             del job_state.cleanup  # the class's own again
         if lost:
