@@ -87,7 +87,7 @@ CMD ["web"]
 # Last, and files only: the image's metadata above is set before Galaxy's big layer, so a change
 # to the configuration or the entrypoint rebuilds just these two steps.
 COPY --from=venv /opt/galaxy/venv /opt/galaxy/venv
-COPY config/galaxy.yml /etc/galaxy/
+COPY config/galaxy.yml config/builds.txt /etc/galaxy/
 # The stack's job routing, with its limits added by the entrypoint (stack_environment). Not in
 # /etc/galaxy itself: Galaxy loads <config dir>/job_conf.yml unasked, and Galaxy run alone must keep
 # its default (its one process handles jobs with the local runner).
@@ -136,3 +136,18 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD curl -fsS -o /dev/null http://localhost:8080/nginx-health || exit 1
 ENTRYPOINT ["nginx-entrypoint"]
 CMD ["nginx", "-g", "daemon off;"]
+
+# Tests only (tests/compose.toolshed.yml, never part of the stack): a Tool Shed of the same Galaxy
+# release, API only (its wheel has no built web client), for the suite to publish a repository to
+# and install it from. Its package alone goes on top of the web image (Galaxy's venv has all its
+# requirements): a few MB, not another copy of the venv; how it runs is in the compose file.
+FROM venv AS toolshed-package
+COPY tests/toolshed/ /tmp/toolshed/
+RUN if ls /tmp/wheels/*.whl >/dev/null 2>&1; then offline=--no-index; fi \
+ && /opt/galaxy/venv/bin/pip install --no-cache-dir --disable-pip-version-check $offline --no-deps \
+        --target /opt/toolshed/lib --find-links /tmp/wheels -r /tmp/toolshed/requirements.txt \
+ && (python3 -m compileall -q -j 0 /opt/toolshed/lib >/dev/null || true) \
+ && cp /tmp/toolshed/start /tmp/toolshed/tool_shed.yml /opt/toolshed/
+
+FROM web AS toolshed
+COPY --from=toolshed-package /opt/toolshed /opt/toolshed

@@ -31,7 +31,7 @@ import health
 import schema
 import stranded_jobs
 from settings import (BROKER_SECRET_DIR, DATA_DIR, DB_SECRET_DIR, MUNGE_KEY, RESULTS_SECRET_DIR,
-                      SECRET_FILES, SECRETS_DIR, SLURMDB_SECRET_DIR, ensure_local_tool_conf, fail, log,
+                      SECRET_FILES, SECRETS_DIR, SLURMDB_SECRET_DIR, ensure_site_files, fail, log,
                       read_secret, replica_name, replica_running, secret_path, setting,
                       write_once)
 
@@ -71,6 +71,7 @@ def server_environment():
     stack_environment()
     schema.wait_for_schema(os.environ["GALAXY_CONFIG_OVERRIDE_DATABASE_CONNECTION"])
     os.environ["GALAXY_CONFIG_OVERRIDE_JOB_CONFIG_FILE"] = job_config_with_limits()
+    os.environ["GALAXY_CONFIG_OVERRIDE_TOOL_SHEDS_CONFIG_FILE"] = tool_sheds_config()
     celery_environment()
 
 
@@ -132,6 +133,30 @@ def galaxy_config_with(**options):
     return path
 
 
+# What Galaxy offers for installs unless GALAXY_TOOL_SHEDS says otherwise (as Galaxy does alone).
+MAIN_TOOL_SHED = "https://toolshed.g2.bx.psu.edu/"
+TOOL_SHED_URL = r"https?://[A-Za-z0-9.-]+(:\d+)?(/[^\s\"<>&]*)?"
+
+
+def tool_sheds_config():
+    """GALAXY_TOOL_SHEDS (Tool Shed URLs, separated by spaces) as Galaxy's tool_sheds_conf.xml, in
+    a file of this container's own; its path. Galaxy installs only from a Tool Shed listed there
+    (an install looks its URL up there), and offers them in Admin > Install and Uninstall."""
+    import tempfile
+    value = setting("GALAXY_TOOL_SHEDS", MAIN_TOOL_SHED, rf"\s*{TOOL_SHED_URL}(\s+{TOOL_SHED_URL})*\s*",
+                    "Tool Shed URLs (http:// or https://), separated by spaces")
+    sheds = []
+    for url in value.split():
+        url = url.rstrip("/") + "/"
+        name = "Galaxy Main Tool Shed" if url == MAIN_TOOL_SHED else url.split("/")[2]
+        sheds.append(f'    <tool_shed name="{name}" url="{url}"/>\n')
+    fd, path = tempfile.mkstemp(prefix="galaxy-tool-sheds-", suffix=".xml")
+    os.fchmod(fd, 0o644)  # the handler writes it as root and runs Galaxy as galaxy
+    with os.fdopen(fd, "w") as f:
+        f.write(f'<?xml version="1.0"?>\n<tool_sheds>\n{"".join(sheds)}</tool_sheds>\n')
+    return path
+
+
 # The stack's job configuration (in the images; Galaxy alone uses Galaxy's default). A site's
 # own, named by GALAXY_CONFIG_OVERRIDE_JOB_CONFIG_FILE, replaces it.
 STACK_JOB_CONF = "/etc/galaxy/stack/job_conf.yml"
@@ -188,7 +213,7 @@ def standalone_environment():
         write_once(path, secrets.token_hex(24))
     with open(path) as f:
         os.environ.setdefault("GALAXY_CONFIG_OVERRIDE_ID_SECRET", f.read().strip())
-    ensure_local_tool_conf()
+    ensure_site_files()
 
 
 def upload_limit():
@@ -283,8 +308,7 @@ def role_init():
         os.makedirs(path, exist_ok=True)
         os.chown(path, galaxy.pw_uid, galaxy.pw_gid, follow_symlinks=False)
     move_job_directories()
-    local_tools = ensure_local_tool_conf()
-    for path in (local_tools, os.path.join(os.path.dirname(local_tools), "local_tool_conf.xml")):
+    for path in ensure_site_files():
         os.chown(path, galaxy.pw_uid, galaxy.pw_gid, follow_symlinks=False)
     log(f"secrets: generated {', '.join(generated)}" if generated else "secrets: all present")
 

@@ -84,14 +84,41 @@ def write_once(path, value, mode=0o400):
     return True
 
 
-def ensure_local_tool_conf():
-    """The site's own tool list (config/galaxy.yml: tool_config_file), empty until an admin adds
-    tools; Galaxy refuses to start if a listed tool configuration is missing."""
-    tools = os.path.join(DATA_DIR, "config", "local_tools")
-    os.makedirs(tools, exist_ok=True)
-    write_once(os.path.join(DATA_DIR, "config", "local_tool_conf.xml"),
-               f'<?xml version="1.0"?>\n<toolbox tool_path="{tools}">\n</toolbox>\n', 0o644)
-    return tools
+# The genome builds Galaxy offers as dbkeys (its pip install ships no list): the image's copy,
+# put on the shared data once, where the site may replace it.
+BUILDS_LIST = "/etc/galaxy/builds.txt"
+
+
+def ensure_site_files():
+    """The files on the shared data that Galaxy reads and the site may edit (config/galaxy.yml),
+    each created once (an admin's edits are kept). Returns every path made or kept, for init to
+    hand to Galaxy's user:
+    - config/local_tool_conf.xml: the site's own tools, empty; Galaxy refuses to start without it;
+    - config/shed_tool_conf.xml: tools installed from a Tool Shed, empty (Galaxy writes it on each
+      install; made here so that every replica watches it from its first start);
+    - tool-data/shared/ucsc/builds.txt: the genome builds (BUILDS_LIST), when the image has it."""
+    config = os.path.join(DATA_DIR, "config")
+    local_tools = os.path.join(config, "local_tools")
+    shed_tools = os.path.join(DATA_DIR, "shed_tools")
+    ucsc = os.path.join(DATA_DIR, "tool-data", "shared", "ucsc")
+    for directory in (local_tools, shed_tools, ucsc):
+        os.makedirs(directory, exist_ok=True)
+    files = {
+        # is_shed_conf="false": the site's own list, never where Galaxy writes an install.
+        os.path.join(config, "local_tool_conf.xml"): toolbox_xml(local_tools, ' is_shed_conf="false"'),
+        os.path.join(config, "shed_tool_conf.xml"): toolbox_xml(shed_tools),
+    }
+    if os.path.isfile(BUILDS_LIST):
+        with open(BUILDS_LIST) as f:
+            files[os.path.join(ucsc, "builds.txt")] = f.read()
+    for path, content in files.items():
+        write_once(path, content, 0o644)
+    return [local_tools, shed_tools, os.path.dirname(os.path.dirname(ucsc)), os.path.dirname(ucsc),
+            ucsc, *files]
+
+
+def toolbox_xml(tool_path, attributes=""):
+    return f'<?xml version="1.0"?>\n<toolbox tool_path="{tool_path}"{attributes}>\n</toolbox>\n'
 
 
 def replica_name(role):

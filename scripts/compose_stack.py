@@ -10,6 +10,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# The stack the test suite runs: Galaxy and the bundled Slurm cluster (as COMPOSE_FILE in .env has
+# them), and the suite's own Tool Shed, in a profile: built with the rest, started by its tests only.
+TEST_COMPOSE_FILES = ["compose.yml", "compose.slurm.yml", "tests/compose.toolshed.yml"]
+TEST_PROFILE = "toolshed"
 
 
 class ComposeError(RuntimeError):

@@ -21,16 +21,18 @@ from bioblend.galaxy import GalaxyInstance
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 from compose_stack import (  # noqa: E402
-    ComposeError, compose_command, free_port, prune_replaced_images, wait_healthy)
+    TEST_COMPOSE_FILES, TEST_PROFILE, ComposeError, compose_command, free_port, prune_replaced_images,
+    wait_healthy)
 from helpers import (  # noqa: E402
-    DEFAULT_QUOTA, JOB_LIMIT, STACK_TIMEOUT, UPLOAD_LIMIT, create_user, docker, tear_down, wait_for)
+    DEFAULT_QUOTA, JOB_LIMIT, STACK_TIMEOUT, TOOL_SHED, UPLOAD_LIMIT, create_user, docker, tear_down,
+    wait_for)
 
 # Modules in the order they change the stack: plain use first, then restarts, then scaling out,
 # then a restore from backup in place of the stack.
 # Galaxy alone (test_standalone) runs before the stack is up.
 MODULE_ORDER = ["unit", "test_standalone", "test_foundation", "test_security", "test_front_door",
                 "test_limits", "test_proxy", "test_celery", "test_health", "test_cluster", "test_scaling",
-                "test_backup"]
+                "test_toolshed", "test_backup"]
 
 
 def pytest_collection_modifyitems(items):
@@ -50,8 +52,7 @@ def docker_compose_command():
 
 @pytest.fixture(scope="session")
 def docker_compose_file():
-    # Galaxy and the bundled Slurm cluster, as COMPOSE_FILE in .env has them.
-    return [str(ROOT / "compose.yml"), str(ROOT / "compose.slurm.yml")]
+    return [str(ROOT / name) for name in TEST_COMPOSE_FILES]
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +68,7 @@ def docker_setup():
     if os.environ.get("SG_TEST_IMAGES_BUILT"):
         return []
     subprocess.run([str(ROOT / "scripts" / "prepare-build")], check=True)
-    return ["build"]
+    return [f"--profile {TEST_PROFILE} build"]
 
 
 @pytest.fixture(scope="session")
@@ -153,7 +154,7 @@ class Stack:
 
 
 @pytest.fixture(scope="session")
-def stack(docker_services, docker_compose_project_name):
+def stack(docker_services, docker_compose_project_name, request):
     port = int(os.environ.get("SG_TEST_PORT") or free_port())
     os.environ["GALAXY_PORT"] = f"127.0.0.1:{port}"
     os.environ["GALAXY_HTTPS_PORT"] = f"127.0.0.1:{free_port()}"
@@ -162,12 +163,17 @@ def stack(docker_services, docker_compose_project_name):
     os.environ["GALAXY_MAX_UPLOAD_SIZE"] = UPLOAD_LIMIT
     os.environ["GALAXY_DEFAULT_QUOTA"] = DEFAULT_QUOTA
     os.environ["GALAXY_USER_CONCURRENT_JOBS"] = str(JOB_LIMIT)
+    os.environ["GALAXY_TOOL_SHEDS"] = f"https://toolshed.g2.bx.psu.edu/ {TOOL_SHED}/"
     s = Stack(docker_services, os.environ["GALAXY_URL"], docker_compose_project_name)
     prune_replaced_images()  # the images `build` just replaced
     started = time.monotonic()
     try:
         try:
             s.compose("up -d")
+            if any("test_toolshed" in item.nodeid for item in request.session.items):
+                # The suite's Tool Shed takes a minute or more to start: started with the stack, it
+                # is ready when its tests come (they start it themselves too, and remove it).
+                s.compose("up -d toolshed")
             s.wait_ready()
         except Exception:
             print(s.report())

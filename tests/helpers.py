@@ -23,6 +23,9 @@ UPLOAD_LIMIT = "64m"
 # GALAXY_USER_CONCURRENT_JOBS: no test needs more of either.
 DEFAULT_QUOTA, DEFAULT_QUOTA_BYTES = "10GB", 10 ** 10
 JOB_LIMIT = 4
+# The suite's own Tool Shed (tests/compose.toolshed.yml) as Galaxy reaches it: the test stack
+# lists it in GALAXY_TOOL_SHEDS beside the main one, as a site lists its own.
+TOOL_SHED = "http://toolshed:9009"
 
 
 def docker(command):
@@ -179,7 +182,7 @@ def install_site_tool(stack, admin, tool_id, files):
     for name, text in files.items():
         write_file(stack, f"{SITE_TOOLS}/{name}", text)
     write_file(stack, "/srv/galaxy/config/local_tool_conf.xml", f"""<?xml version="1.0"?>
-<toolbox tool_path="{SITE_TOOLS}">
+<toolbox tool_path="{SITE_TOOLS}" is_shed_conf="false">
     <section id="site_tools" name="Site tools">
         <tool file="{tool_id}.xml"/>
     </section>

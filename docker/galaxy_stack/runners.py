@@ -34,7 +34,8 @@ outside its try block: the error ended the thread, and the job with it). Here:
   error; the Slurm job's own stdout and exit code files are kept until a finish is through);
 - a job is finished once even if Galaxy's monitor hands it over twice (it does when the database
   goes away half-way through its list of watched jobs);
-- a worker thread outlives the database.
+- a worker thread outlives the database, in this runner and in Galaxy's local runner (uploads);
+- a rollback that meets the database gone doesn't stop the job being put back.
 """
 import logging
 import os
@@ -45,6 +46,7 @@ import time
 from sqlalchemy import text
 
 from galaxy.jobs.runners.cli import ShellJobRunner
+from galaxy.jobs.runners.local import LocalJobRunner
 from galaxy.util import asbool
 from galaxy_stack.database import unreachable
 
@@ -53,22 +55,39 @@ log = logging.getLogger(__name__)
 RETRY_AFTER = 10
 
 
-class MetadataFirstShellJobRunner(ShellJobRunner):
+class WorkersOutliveTheDatabase:
+    """For any of Galaxy's runners: its worker threads survive the database going away."""
+
+    def _ensure_db_session(self, arg):
+        """Galaxy's, called by its worker thread outside any try: the database unreachable there
+        no longer ends the thread (the method the work item calls meets the error instead: the
+        shell runner's puts the item back for later, the local runner's fails the job)."""
+        try:
+            super()._ensure_db_session(arg)
+        except Exception as e:
+            self.roll_back()
+            log.warning("(%s) the job's record not loaded (%s)", getattr(arg, "job_wrapper", arg).job_id,
+                        first_line(e))
+
+    def roll_back(self):
+        """The session's transaction rolled back, never raising: a rollback can itself meet the
+        database gone ("the database system is shutting down"), and whatever called it must
+        still put its job back. The session's next user rolls back again (SQLAlchemy asks it to)."""
+        try:
+            self.sa_session.rollback()
+        except Exception as e:
+            log.warning("rollback failed, the database is unreachable (%s)", first_line(e))
+
+
+class LocalJobRunnerOutlivingTheDatabase(WorkersOutliveTheDatabase, LocalJobRunner):
+    """Galaxy's local runner (uploads, in the handler) whose worker threads survive an outage."""
+
+
+class MetadataFirstShellJobRunner(WorkersOutliveTheDatabase, ShellJobRunner):
 
     def __init__(self, *args, **kwargs):
         self.finishing = threading.Lock()  # taking a job to finish, once
         super().__init__(*args, **kwargs)
-
-    def _ensure_db_session(self, arg):
-        """Galaxy's, called by its worker thread outside any try: the database unreachable there
-        no longer ends the thread (the method the work item calls meets the error instead, and
-        puts the item back for later)."""
-        try:
-            super()._ensure_db_session(arg)
-        except Exception as e:
-            self.sa_session.rollback()
-            log.warning("(%s) the job's record not loaded (%s)", getattr(arg, "job_wrapper", arg).job_id,
-                        str(e).strip().splitlines()[0])
 
     def queue_job(self, job_wrapper):
         if self.later_unless_database_answers(self.queue_job, job_wrapper):
@@ -86,7 +105,7 @@ class MetadataFirstShellJobRunner(ShellJobRunner):
         except Exception as e:
             if submitted or not unreachable(e):
                 raise
-            self.sa_session.rollback()
+            self.roll_back()
             self.back_to_the_handler(job_wrapper.job_id,
                                      f"the database went away before it was submitted: {e}")
         finally:
@@ -101,9 +120,9 @@ class MetadataFirstShellJobRunner(ShellJobRunner):
             except Exception as e:
                 if not unreachable(e) or time.monotonic() > deadline:
                     raise
-                self.sa_session.rollback()
+                self.roll_back()
                 log.warning("%s not saved, the database is unreachable (%s): again in 5 s", what,
-                            str(e).strip().splitlines()[0])
+                            first_line(e))
                 time.sleep(5)
 
     def put(self, job_wrapper):
@@ -149,7 +168,7 @@ class MetadataFirstShellJobRunner(ShellJobRunner):
             del job_wrapper.fail  # Galaxy's own again
         if not lost:
             return None
-        self.sa_session.rollback()
+        self.roll_back()
         return lost[0]
 
     def later_unless_database_answers(self, method, arg):
@@ -159,7 +178,7 @@ class MetadataFirstShellJobRunner(ShellJobRunner):
             self.sa_session.execute(text("SELECT 1"))
             return False
         except Exception as e:
-            self.sa_session.rollback()
+            self.roll_back()
             self.later(method, arg, f"the database does not answer: {e}")
             return True
 
@@ -255,3 +274,7 @@ def files_outside_the_job(wrapper):
             if not path.startswith(root + os.sep):
                 outside.append(str(name))
     return outside
+
+
+def first_line(error):
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -103,15 +103,44 @@ def test_malformed_upload_limit_is_refused(entrypoint, monkeypatch, capsys, valu
     assert "GALAXY_MAX_UPLOAD_SIZE" in capsys.readouterr().err
 
 
-def test_local_tool_conf_created_once(settings, monkeypatch, tmp_path):
+def test_site_files_created_once(settings, monkeypatch, tmp_path):
     monkeypatch.setattr(settings, "DATA_DIR", str(tmp_path))
+    builds = tmp_path / "image-builds.txt"
+    builds.write_text("hg38\tHuman Dec. 2013 (GRCh38/hg38) (hg38)\n")
+    monkeypatch.setattr(settings, "BUILDS_LIST", str(builds))
     (tmp_path / "config").mkdir()
-    tools = settings.ensure_local_tool_conf()
-    conf = tmp_path / "config" / "local_tool_conf.xml"
-    assert f'tool_path="{tools}"' in conf.read_text()
-    conf.write_text("<toolbox/>")  # an admin's edits are kept
-    settings.ensure_local_tool_conf()
-    assert conf.read_text() == "<toolbox/>"
+    made = settings.ensure_site_files()
+    local, shed = tmp_path / "config" / "local_tool_conf.xml", tmp_path / "config" / "shed_tool_conf.xml"
+    assert f'tool_path="{tmp_path}/config/local_tools" is_shed_conf="false"' in local.read_text()
+    assert f'tool_path="{tmp_path}/shed_tools"' in shed.read_text()
+    site_builds = tmp_path / "tool-data" / "shared" / "ucsc" / "builds.txt"
+    assert site_builds.read_text() == builds.read_text()
+    assert {str(local), str(shed), str(site_builds), str(tmp_path / "shed_tools")} <= set(made)
+    local.write_text("<toolbox/>")  # an admin's edits are kept
+    site_builds.write_text("mine\tMy genome (mine)\n")
+    settings.ensure_site_files()
+    assert local.read_text() == "<toolbox/>"
+    assert site_builds.read_text() == "mine\tMy genome (mine)\n"
+
+
+def test_tool_sheds_are_the_main_one_unless_set(entrypoint, monkeypatch):
+    monkeypatch.delenv("GALAXY_TOOL_SHEDS", raising=False)
+    with open(entrypoint.tool_sheds_config()) as f:
+        assert '<tool_shed name="Galaxy Main Tool Shed" url="https://toolshed.g2.bx.psu.edu/"/>' in f.read()
+    monkeypatch.setenv("GALAXY_TOOL_SHEDS", " https://toolshed.g2.bx.psu.edu/  http://shed.example.org:9009 ")
+    with open(entrypoint.tool_sheds_config()) as f:
+        sheds = f.read()
+    assert sheds.count("<tool_shed ") == 2
+    assert '<tool_shed name="shed.example.org:9009" url="http://shed.example.org:9009/"/>' in sheds
+
+
+@pytest.mark.parametrize("value", ["toolshed.example.org", "ftp://shed.example.org/",
+                                   'https://shed.example.org/"><x', "https://a,https://b/"])
+def test_a_malformed_tool_shed_url_is_refused(entrypoint, monkeypatch, capsys, value):
+    monkeypatch.setenv("GALAXY_TOOL_SHEDS", value)
+    with pytest.raises(SystemExit):
+        entrypoint.tool_sheds_config()
+    assert "GALAXY_TOOL_SHEDS" in capsys.readouterr().err
 
 
 def test_site_cluster_needs_its_files(cluster, monkeypatch, tmp_path, capsys):

@@ -18,7 +18,7 @@ def test_wheelhouse_only_where_host_python_matches_image(prepare, monkeypatch):
 def test_current_wheelhouse_is_not_rebuilt(prepare, monkeypatch, tmp_path):
     reqs = tmp_path / "requirements.txt"
     reqs.write_text("galaxy==26.1.1\n")
-    monkeypatch.setattr(prepare, "REQUIREMENTS", reqs)
+    monkeypatch.setattr(prepare, "REQUIREMENTS", [reqs])
     monkeypatch.setattr(prepare, "STAMP", tmp_path / "stamp")
     monkeypatch.setattr(prepare, "host_matches_image", lambda: True)
     calls = []
@@ -31,3 +31,13 @@ def test_current_wheelhouse_is_not_rebuilt(prepare, monkeypatch, tmp_path):
     prepare.ensure_wheelhouse()
     assert len(calls) == 2  # changed pins: rebuilt
 
+
+
+def test_test_tool_shed_is_the_galaxy_release(prepare):
+    """The suite's Tool Shed (tests/toolshed) and Galaxy are one release: the shed's package is
+    installed on Galaxy's venv without its own dependencies."""
+    def pin(path, name):
+        return next(line.split("==")[1].strip() for line in path.read_text().splitlines()
+                    if line.startswith(f"{name}=="))
+    galaxy, shed = prepare.REQUIREMENTS
+    assert pin(shed, "galaxy-tool-shed") == pin(galaxy, "galaxy")
