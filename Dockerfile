@@ -5,6 +5,8 @@
 #           slurmdbd, node (slurmd). Nodes run it because Galaxy's own tools written in Python
 #           run with Galaxy's venv, at the same path as in the handler.
 #   nginx   the front door: Debian's nginx serving the static client of this same Galaxy build.
+#   toolshed  tests only: a Tool Shed of the same Galaxy release (tests/compose.toolshed.yml). Last,
+#           so a build of any other target never builds it; name a target (`--target web`).
 # One file, so any builder (Compose v1, or v2's parallel BuildKit) can build the targets in any
 # order: shared stages are built once, and no image starts FROM another service's image.
 # PostgreSQL and MariaDB have their own small Dockerfiles (postgres/, mariadb/).

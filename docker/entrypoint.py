@@ -140,8 +140,8 @@ TOOL_SHED_URL = r"https?://[A-Za-z0-9.-]+(:\d+)?(/[^\s\"<>&]*)?"
 
 def tool_sheds_config():
     """GALAXY_TOOL_SHEDS (Tool Shed URLs, separated by spaces) as Galaxy's tool_sheds_conf.xml, in
-    a file of this container's own; its path. Galaxy installs only from a Tool Shed listed there
-    (an install looks its URL up there), and offers them in Admin > Install and Uninstall."""
+    a file of this container's own; its path. Galaxy offers them in Admin > Install and Uninstall,
+    and an install from a Tool Shed not listed there fails half-way (it looks the URL up there)."""
     import tempfile
     value = setting("GALAXY_TOOL_SHEDS", MAIN_TOOL_SHED, rf"\s*{TOOL_SHED_URL}(\s+{TOOL_SHED_URL})*\s*",
                     "Tool Shed URLs (http:// or https://), separated by spaces")

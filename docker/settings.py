@@ -102,7 +102,7 @@ def ensure_site_files():
     shed_tools = os.path.join(DATA_DIR, "shed_tools")
     ucsc = os.path.join(DATA_DIR, "tool-data", "shared", "ucsc")
     for directory in (local_tools, shed_tools, ucsc):
-        os.makedirs(directory, exist_ok=True)
+        os.makedirs(inside_data_dir(directory), exist_ok=True)
     files = {
         # is_shed_conf="false": the site's own list, never where Galaxy writes an install.
         os.path.join(config, "local_tool_conf.xml"): toolbox_xml(local_tools, ' is_shed_conf="false"'),
@@ -112,9 +112,18 @@ def ensure_site_files():
         with open(BUILDS_LIST) as f:
             files[os.path.join(ucsc, "builds.txt")] = f.read()
     for path, content in files.items():
-        write_once(path, content, 0o644)
+        write_once(inside_data_dir(path), content, 0o644)
     return [local_tools, shed_tools, os.path.dirname(os.path.dirname(ucsc)), os.path.dirname(ucsc),
             ucsc, *files]
+
+
+def inside_data_dir(path):
+    """`path`, unless it leads out of DATA_DIR: init writes there as root, in folders Galaxy's user
+    may change, and must never follow a link it finds there."""
+    real, data = os.path.realpath(path), os.path.realpath(DATA_DIR)
+    if not real.startswith(data + os.sep):
+        fail(f"{path} leads out of {DATA_DIR} (to {real}); remove the link and start again")
+    return path
 
 
 def toolbox_xml(tool_path, attributes=""):

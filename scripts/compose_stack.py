@@ -46,13 +46,16 @@ def prune_replaced_images():
                    stdout=subprocess.DEVNULL, check=False)
 
 
-def container_states(ids):
-    """{container name: state}; state is a health status, `exited-<code>`, or `running`."""
+def container_states(ids, skip_services=()):
+    """{container name: state}; state is a health status, `exited-<code>`, or `running`. Containers
+    of `skip_services` are left out."""
     if not ids:
         return {}
     out = subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True, check=True)
     states = {}
     for c in json.loads(out.stdout):
+        if c["Config"]["Labels"].get("com.docker.compose.service") in skip_services:
+            continue
         st = c["State"]
         if st["Status"] == "exited":
             state = f"exited-{st['ExitCode']}"
@@ -64,12 +67,12 @@ def container_states(ids):
     return states
 
 
-def wait_healthy(list_container_ids, timeout, pause=3.0):
+def wait_healthy(list_container_ids, timeout, pause=3.0, skip_services=()):
     """Wait until every container is healthy (or running, without a healthcheck), and every
     one-shot has exited 0. Fails at once on a failed one-shot or an unhealthy container."""
     deadline = time.monotonic() + timeout
     while True:
-        states = container_states(list_container_ids())
+        states = container_states(list_container_ids(), skip_services)
         failed = {n: s for n, s in states.items()
                   if s == "unhealthy" or (s.startswith("exited-") and s != "exited-0")}
         if failed:

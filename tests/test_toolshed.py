@@ -105,7 +105,7 @@ def shed(stack):
 
 def tool_ids(stack, admin, index):
     """The tool ids web replica `index` has, asked directly (not through nginx)."""
-    out = stack.exec("web", f"curl -fsS -H 'x-api-key: {admin.key}' "
+    out = stack.exec("web", f"curl -fsS --max-time 20 -H 'x-api-key: {admin.key}' "
                      "'http://localhost:8080/api/tools?in_panel=false'", index=index)
     return {tool["id"] for tool in json.loads(out)}
 
@@ -184,6 +184,12 @@ def test_a_tool_shed_install_reaches_every_replica_runs_on_slurm_and_uninstalls(
     assert (r.status_code, r.json()["err_msg"]) == (400, "Tool not found."), r.text
 
 
+def installed_repositories(admin):
+    """Every repository Galaxy has a record of, uninstalled ones included, and its state."""
+    return sorted((r["tool_shed"], r["name"], r["changeset_revision"], r["status"])
+                  for r in admin.toolshed.get_repositories())
+
+
 def install(stack, admin, tool_shed, name, owner, revision):
     """Galaxy's answer to the admin's install request, through nginx (what BioBlend sends)."""
     return requests.post(f"{stack.url}/api/tool_shed_repositories/new/install_repository_revision",
@@ -193,10 +199,11 @@ def install(stack, admin, tool_shed, name, owner, revision):
 
 
 def test_an_install_that_cant_be_done_says_why_and_installs_nothing(stack, admin, shed, tmp_path):
-    """A Tool Shed that can't be reached, a repository it doesn't have, and a tool whose XML is
-    broken: the admin is told, and nothing is installed or added to the toolbox."""
+    """A Tool Shed that can't be reached and a repository it doesn't have: Galaxy tells the admin
+    and installs nothing. A tool whose XML is broken: the Tool Shed itself refuses it, and Galaxy
+    won't install the revision it made of the upload."""
     toolbox = stack.exec("web", "cat /srv/galaxy/config/shed_tool_conf.xml")
-    before = {r["name"] for r in admin.toolshed.get_repositories()}
+    before = installed_repositories(admin)
     # A Tool Shed that is down: nothing answers at its address.
     unreachable = install(stack, admin, "http://toolshed:9010", "sg_shout", shed.owner,
                           "0123456789ab")
@@ -216,11 +223,13 @@ def test_an_install_that_cant_be_done_says_why_and_installs_nothing(stack, admin
         shed.publish("sg_broken", {"sg_broken.xml": broken}, tmp_path)
     assert "cannot be automatically installed" in refused.value.body, refused.value.body
     assert shed.gi.repositories.get_ordered_installable_revisions("sg_broken", shed.owner) == []
-    revision = re.search(r"\b([0-9a-f]{12})\b", refused.value.body).group(1)
+    named = re.search(r"\b([0-9a-f]{12})\b", refused.value.body)
+    assert named, refused.value.body
+    revision = named.group(1)
     broken_install = install(stack, admin, TOOL_SHED, "sg_broken", shed.owner, revision)
     assert (broken_install.status_code, broken_install.json()["err_code"]) == (400, 400008), \
         broken_install.text
     # Nothing installed, nothing in the toolbox.
-    assert {r["name"] for r in admin.toolshed.get_repositories()} == before
+    assert installed_repositories(admin) == before
     assert stack.exec("web", "cat /srv/galaxy/config/shed_tool_conf.xml") == toolbox
     assert not [tool_id for tool_id in tool_ids(stack, admin, 1) if f"/repos/{shed.owner}/" in tool_id]

@@ -61,7 +61,8 @@ class WorkersOutliveTheDatabase:
     def _ensure_db_session(self, arg):
         """Galaxy's, called by its worker thread outside any try: the database unreachable there
         no longer ends the thread (the method the work item calls meets the error instead: the
-        shell runner's puts the item back for later, the local runner's fails the job)."""
+        shell runner's puts the item back for later; the local runner's, Galaxy's own, can't fail
+        the job without the database either, and the job waits for its handler's next start)."""
         try:
             super()._ensure_db_session(arg)
         except Exception as e:

@@ -6,9 +6,10 @@ with one answer added. A request that needs a server Galaxy can't reach right no
 server is missing: nginx tries the request on the next web replica (proxy_next_upstream), and
 the same request works once the server is back. Other errors are Galaxy's, as before. The routes
 Galaxy still serves from its older WSGI application (running a tool, POST /api/tools, is one)
-answer their own errors (galaxy.web.framework.decorators): there, too, the database's absence
-answers 503."""
+answer their own errors (galaxy.web.framework.decorators), and its request handling answers
+those met before a route is reached: there, too, the database's absence answers 503."""
 import logging
+import sys
 
 from kombu.exceptions import OperationalError as BrokerUnreachable
 from redis.exceptions import ConnectionError as ResultStoreUnreachable
@@ -17,7 +18,7 @@ from starlette.responses import JSONResponse
 
 from galaxy.exceptions.error_codes import error_codes_by_name
 from galaxy.util.json import safe_dumps
-from galaxy.web.framework import decorators
+from galaxy.web.framework import base, decorators
 from galaxy.webapps.galaxy import fast_factory
 from galaxy_stack import database
 
@@ -74,3 +75,28 @@ def wsgi_api_error(trans, **kwds):
 
 # Looked up by name when a WSGI route fails, so replacing it here holds for every route.
 setattr(decorators, "__api_error_response", wsgi_api_error)
+
+
+galaxy_handle_request = base.WebApplication.handle_request
+
+
+def handle_request(self, request_id, path_info, environ, start_response, *args, **kwargs):
+    """Galaxy's WSGI request handling, with the database's absence before a route is reached
+    (its transaction looks up the session or API key) answered 503 too: else Galaxy's error
+    middleware answers 500 (a tool run when the database went between nginx's login check and
+    the request)."""
+    try:
+        return galaxy_handle_request(self, request_id, path_info, environ, start_response, *args, **kwargs)
+    except Exception as e:
+        if not database.unreachable(e):
+            raise
+        log.error("%s %s failed: the %s is unreachable: %s", environ.get("REQUEST_METHOD"), path_info,
+                  DATABASE, e)
+        body = safe_dumps(unreachable(DATABASE, "failed:")).encode()
+        start_response("503 Service Unavailable", [("Content-Type", "application/json"),
+                                                   ("Content-Length", str(len(body))), *RETRY.items()],
+                       sys.exc_info())
+        return [body]
+
+
+base.WebApplication.handle_request = handle_request

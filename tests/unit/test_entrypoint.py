@@ -123,6 +123,18 @@ def test_site_files_created_once(settings, monkeypatch, tmp_path):
     assert site_builds.read_text() == "mine\tMy genome (mine)\n"
 
 
+def test_site_files_never_follow_a_link_out_of_the_data(settings, monkeypatch, tmp_path, capsys):
+    data, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    (data / "config").mkdir(parents=True)
+    elsewhere.mkdir()
+    (data / "tool-data").symlink_to(elsewhere)
+    monkeypatch.setattr(settings, "DATA_DIR", str(data))
+    with pytest.raises(SystemExit):
+        settings.ensure_site_files()
+    assert "leads out of" in capsys.readouterr().err
+    assert list(elsewhere.iterdir()) == []
+
+
 def test_tool_sheds_are_the_main_one_unless_set(entrypoint, monkeypatch):
     monkeypatch.delenv("GALAXY_TOOL_SHEDS", raising=False)
     with open(entrypoint.tool_sheds_config()) as f:
