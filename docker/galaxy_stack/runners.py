@@ -240,7 +240,13 @@ class MetadataFirstShellJobRunner(WorkersOutliveTheDatabase, ShellJobRunner):
             self.later(self.finish_until_done, job_state,
                        f"the database went away while it was finished: {lost}")
         elif asked:
-            cleanup()
+            try:
+                cleanup()
+            except Exception as e:
+                # Galaxy's cleanup names the job in its log through the database: an outage now
+                # raised there would have Galaxy fail the job it has just finished.
+                log.warning("(%s) the Slurm job's files not all removed: %s", job_state.job_wrapper.job_id,
+                            first_line(e))
 
     def finish_once(self, job_state):
         wrapper = job_state.job_wrapper
