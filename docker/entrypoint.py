@@ -142,7 +142,6 @@ def tool_sheds_config():
     """GALAXY_TOOL_SHEDS (Tool Shed URLs, separated by spaces) as Galaxy's tool_sheds_conf.xml, in
     a file of this container's own; its path. Galaxy offers them in Admin > Install and Uninstall,
     and an install from a Tool Shed not listed there fails half-way (it looks the URL up there)."""
-    import tempfile
     value = setting("GALAXY_TOOL_SHEDS", MAIN_TOOL_SHED, rf"\s*{TOOL_SHED_URL}(\s+{TOOL_SHED_URL})*\s*",
                     "Tool Shed URLs (http:// or https://), separated by spaces")
     sheds = []
@@ -150,10 +149,18 @@ def tool_sheds_config():
         url = url.rstrip("/") + "/"
         name = "Galaxy Main Tool Shed" if url == MAIN_TOOL_SHED else url.split("/")[2]
         sheds.append(f'    <tool_shed name="{name}" url="{url}"/>\n')
-    fd, path = tempfile.mkstemp(prefix="galaxy-tool-sheds-", suffix=".xml")
-    os.fchmod(fd, 0o644)  # the handler writes it as root and runs Galaxy as galaxy
+    return container_file("galaxy-tool-sheds-", ".xml",
+                          f'<?xml version="1.0"?>\n<tool_sheds>\n{"".join(sheds)}</tool_sheds>\n')
+
+
+def container_file(prefix, suffix, text):
+    """`text` in a new file of this container's own (never through a link), readable by Galaxy
+    (the handler writes it as root and runs Galaxy as galaxy); its path."""
+    import tempfile
+    fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix)
+    os.fchmod(fd, 0o644)
     with os.fdopen(fd, "w") as f:
-        f.write(f'<?xml version="1.0"?>\n<tool_sheds>\n{"".join(sheds)}</tool_sheds>\n')
+        f.write(text)
     return path
 
 
@@ -172,8 +179,6 @@ def job_config_with_limits():
     the limit stay new until one of theirs ends (queued and running ones count, on every
     handler). 0: no limit. A limit the configuration sets itself wins. Written to a file of
     this container's own (never through a link)."""
-    import tempfile
-
     import yaml
     source = os.environ.get("GALAXY_CONFIG_OVERRIDE_JOB_CONFIG_FILE") or STACK_JOB_CONF
     try:
@@ -187,11 +192,7 @@ def job_config_with_limits():
         value = int(setting(name, default, r"\d+", "a whole number of jobs (0: no limit)"))
         if value and limit not in own:
             limits.append({"type": limit, "value": value})
-    fd, path = tempfile.mkstemp(prefix="galaxy-job-conf-", suffix=".yml")
-    os.fchmod(fd, 0o644)  # the handler writes it as root and runs Galaxy as galaxy
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(conf, f, sort_keys=False)
-    return path
+    return container_file("galaxy-job-conf-", ".yml", yaml.safe_dump(conf, sort_keys=False))
 
 
 def memory_limit():

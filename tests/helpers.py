@@ -174,6 +174,12 @@ SLEEP_TOOL = """<tool id="sg_sleep" name="Sleep" version="1.0.0" profile="22.05"
 """
 
 
+def handler_toolbox_loads(stack):
+    """How often the handlers have (re)loaded their toolbox: each queues a search index rebuild."""
+    return stack.compose("logs --no-color runner").count(
+        "Queuing async task rebuild_toolbox_search_index for handler_")
+
+
 def install_site_tool(stack, admin, tool_id, files):
     """A tool of the site's own (config/galaxy.yml: local tools), added the way an admin would:
     `files` (name: text, `<tool_id>.xml` among them) in the site's tool folder, the tool listed
@@ -188,12 +194,9 @@ def install_site_tool(stack, admin, tool_id, files):
     </section>
 </toolbox>
 """)
-    # A handler queues a search index rebuild once it has (re)loaded its toolbox.
-    loaded = "Queuing async task rebuild_toolbox_search_index for handler_"
-    reloads = stack.compose("logs --no-color runner").count(loaded)
+    reloads = handler_toolbox_loads(stack)
     admin.make_put_request(f"{admin.url}/configuration/toolbox")
-    wait_for(lambda: stack.compose("logs --no-color runner").count(loaded) > reloads, 120,
-             f"{tool_id} in the handler")
+    wait_for(lambda: handler_toolbox_loads(stack) > reloads, 120, f"{tool_id} in the handler")
     # Each web replica reloads on its own, a little later or sooner than the handler.
     for index in range(1, stack.replicas("web") + 1):
         wait_for(lambda i=index: stack.exec("web", "curl -fs -o /dev/null -H "

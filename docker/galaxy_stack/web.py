@@ -66,10 +66,14 @@ def wsgi_api_error(trans, **kwds):
     exception = kwds.get("exception")
     if exception is None or not database.unreachable(exception):
         return galaxy_wsgi_api_error(trans, **kwds)
-    log.error("%s %s failed: the %s is unreachable: %s", trans.request.method, trans.request.path,
-              DATABASE, exception)
     trans.response.status = 503
     trans.response.headers["Retry-After"] = RETRY["Retry-After"]
+    return database_lost(trans.request.method, trans.request.path, exception)
+
+
+def database_lost(method, path, exc):
+    """The body of a WSGI request's 503 when the database is unreachable, logged."""
+    log.error("%s %s failed: the %s is unreachable: %s", method, path, DATABASE, exc)
     return safe_dumps(unreachable(DATABASE, "failed:"))
 
 
@@ -90,9 +94,7 @@ def handle_request(self, request_id, path_info, environ, start_response, *args, 
     except Exception as e:
         if not database.unreachable(e):
             raise
-        log.error("%s %s failed: the %s is unreachable: %s", environ.get("REQUEST_METHOD"), path_info,
-                  DATABASE, e)
-        body = safe_dumps(unreachable(DATABASE, "failed:")).encode()
+        body = database_lost(environ.get("REQUEST_METHOD"), path_info, e).encode()
         start_response("503 Service Unavailable", [("Content-Type", "application/json"),
                                                    ("Content-Length", str(len(body))), *RETRY.items()],
                        sys.exc_info())
