@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from settings import MUNGE_KEY, fail, log, read_secret, replica_name, setting
+from settings import MUNGE_KEY, fail, log, port_answers, read_secret, replica_name, setting, wait_until
 
 BUNDLED_SLURM_CONF = "/etc/slurm/slurm.conf"
 SLURMDBD_CONF = "/etc/slurm/slurmdbd.conf"
@@ -73,6 +73,7 @@ def connect_to_cluster():
     conf = os.environ.get("SLURM_CONF")
     if not conf:
         start_munged(peer=controller_host(BUNDLED_SLURM_CONF))
+        wait_for_controller()
         return
     key = setting("MUNGE_KEY_FILE", form="the path of the site cluster's munge key")
     for path in (conf, key):
@@ -87,9 +88,14 @@ def connect_to_cluster():
     log(f"submitting to the site's Slurm cluster ({conf})")
 
 
+def wait_for_controller():
+    wait_until("slurmctld", lambda: scontrol("ping"), "see the slurmctld service's log")
+
+
 def role_slurmctld():
     # slurmctld drops to SlurmUser (slurm) by itself.
     start_munged()
+    wait_until("slurmdbd", lambda: port_answers("slurmdbd", 6819), "see the slurmdbd service's log")
     os.execvp("slurmctld", ["slurmctld", "-D", "-i"])
 
 
@@ -97,6 +103,8 @@ def role_slurmdbd():
     """Slurm's accounting daemon: keeps every job's record (sacct) in the mariadb service."""
     start_munged()
     host = setting("SLURMDB_HOST", "mariadb", r"[A-Za-z0-9.-]+", "a host name")
+    wait_until(f"the accounting database ({host})", lambda: port_answers(host, 3306),
+               f"see the {host} service's log")
     # Holds a password: readable by slurmdbd's user only (slurmdbd refuses anything else).
     with open(os.open(SLURMDBD_CONF, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
         f.write(f"""AuthType=auth/munge
@@ -125,6 +133,7 @@ def role_node():
     cpus = setting("SLURM_NODE_CPUS", str(os.cpu_count()), r"[1-9]\d*", "a number of cores")
     memory = setting("SLURM_NODE_MEMORY_MB", "2048", r"[1-9]\d*", "MiB, a whole number")
     drain = int(setting("SLURM_NODE_DRAIN_SECONDS", "60", r"\d+", "seconds, a whole number"))
+    wait_for_controller()
     # Slurm 22.05 keeps a dynamic node's first address: a re-created node (new address) under
     # the same name must be forgotten first, or the controller sends its jobs to the old one.
     scontrol("update", f"nodename={name}", "state=down", "reason=re-registering")

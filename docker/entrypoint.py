@@ -11,6 +11,7 @@
   celery-beat  Celery beat: sends Galaxy's periodic housekeeping tasks (run exactly one)
   celery-ping  the celery role's healthcheck: its worker answers a ping through the broker
   schema-head  print the database schema revision this Galaxy expects (scripts/restore)
+  new-secrets  print new values for every secret of a deployment (scripts/swarm-deploy)
   manage-db  Galaxy's schema tool on the stack's database (e.g. `manage-db dbversion`)
   health     the healthcheck of the web and handler roles in the stack: a fresh heartbeat
   slurmctld  the Slurm controller                                      [runner image]
@@ -18,8 +19,9 @@
   node       a Slurm compute node (registers itself dynamically)       [runner image]
 
 Anything else is executed as given (e.g. `bash`). Settings come from the environment; a missing
-or malformed one stops the container at once with a message naming it. The Slurm roles are in
-cluster.py, what all roles share in settings.py.
+or malformed one stops the container at once with a message naming it. Each role waits (with a
+timeout, GALAXY_START_WAIT) for what it needs: Compose starts things in order, Swarm doesn't.
+The Slurm roles are in cluster.py, what all roles share in settings.py.
 """
 import os
 import secrets
@@ -30,10 +32,9 @@ import cluster
 import health
 import schema
 import stranded_jobs
-from settings import (BROKER_SECRET_DIR, DATA_DIR, DB_SECRET_DIR, MUNGE_KEY, RESULTS_SECRET_DIR,
-                      SECRET_FILES, SECRETS_DIR, SLURMDB_SECRET_DIR, ensure_site_files, fail, log,
-                      read_secret, replica_name, replica_running, secret_path, setting,
-                      write_once)
+from settings import (DATA_DIR, MUNGE_KEY, SECRET_FILES, SECRET_OWNERS, SECRETS_DIR, data_prepared,
+                      ensure_site_files, fail, log, mount_points, port_answers, read_secret,
+                      replica_name, replica_running, secret_path, setting, wait_until, write_once)
 
 GALAXY_CONFIG = "/etc/galaxy/galaxy.yml"
 # Where the init role mounts the jobs volume (elsewhere it is /srv/galaxy/jobs, over the data
@@ -69,10 +70,16 @@ def server_environment():
     configuration with the limits, and Celery (which brings the control bus). Returns once the
     database's schema is this Galaxy's."""
     stack_environment()
+    wait_for_data()
     schema.wait_for_schema(os.environ["GALAXY_CONFIG_OVERRIDE_DATABASE_CONNECTION"])
     os.environ["GALAXY_CONFIG_OVERRIDE_JOB_CONFIG_FILE"] = job_config_with_limits()
     os.environ["GALAXY_CONFIG_OVERRIDE_TOOL_SHEDS_CONFIG_FILE"] = tool_sheds_config()
     celery_environment()
+
+
+def wait_for_data():
+    wait_until(f"the shared data {DATA_DIR}, prepared by the init service", data_prepared,
+               "see the init service's log")
 
 
 def broker_url():
@@ -286,20 +293,12 @@ def role_init():
         fail("the init role runs as root (compose.yml: user: root) to set volume ownership")
     import pwd
     galaxy = pwd.getpwnam("galaxy")
-    # Who reads each secret: Galaxy's processes run as galaxy; PostgreSQL, RabbitMQ, Redis, MariaDB
-    # and slurmdbd read theirs as root, before they drop to their own user; munged runs as munge.
-    owners = {SECRETS_DIR: galaxy, DB_SECRET_DIR: galaxy, BROKER_SECRET_DIR: galaxy,
-              RESULTS_SECRET_DIR: galaxy, SLURMDB_SECRET_DIR: pwd.getpwnam("root"),
-              os.path.dirname(MUNGE_KEY): pwd.getpwnam("munge")}
-    wanted = {secret_path(name): lambda make=make: make() + "\n"
-              for name, (_, make) in SECRET_FILES.items()}
-    # munged wants a key of at least 32 bytes.
-    wanted[MUNGE_KEY] = lambda: secrets.token_bytes(1024)
-    # A secret whose volume isn't mounted isn't needed here (slurmdb-secret comes with the bundled
-    # cluster only, compose.slurm.yml): the images have no such directory.
-    generated = [os.path.basename(path) for path, make in wanted.items()
-                 if os.path.isdir(os.path.dirname(path))
-                 and place_secret(path, make, owners[os.path.dirname(path)])]
+    # Only into the secret volumes mounted here: slurmdb-secret comes with the bundled cluster
+    # only (compose.slurm.yml), and under Swarm the secrets are Swarm's (scripts/swarm_stack.py).
+    mounted = mount_points()
+    generated = [os.path.basename(path) for path, make in new_secrets().items()
+                 if os.path.dirname(path) in mounted
+                 and place_secret(path, make, pwd.getpwnam(SECRET_OWNERS[os.path.dirname(path)]))]
     for path in (DATA_DIR, JOBS_VOLUME):
         os.makedirs(path, exist_ok=True)
         os.chown(path, galaxy.pw_uid, galaxy.pw_gid, follow_symlinks=False)
@@ -311,7 +310,27 @@ def role_init():
     move_job_directories()
     for path in ensure_site_files():
         os.chown(path, galaxy.pw_uid, galaxy.pw_gid, follow_symlinks=False)
-    log(f"secrets: generated {', '.join(generated)}" if generated else "secrets: all present")
+    log(f"secrets: generated {', '.join(generated)}" if generated else
+        "secrets: all present" if mounted & set(SECRET_OWNERS) else "secrets: none mounted here")
+
+
+def new_secrets():
+    """{path: a function making that secret's new value} for every secret of a deployment."""
+    wanted = {secret_path(name): lambda make=make: make() + "\n"
+              for name, (_, make) in SECRET_FILES.items()}
+    # munged wants a key of at least 32 bytes.
+    wanted[MUNGE_KEY] = lambda: secrets.token_bytes(1024)
+    return wanted
+
+
+def role_new_secrets():
+    """Print a new value for every secret of a deployment, as JSON {file name: base64 of its
+    bytes}: scripts/swarm-deploy makes Swarm secrets of them (the same generators as init)."""
+    import base64
+    import json
+    print(json.dumps({os.path.basename(path): base64.b64encode(
+        value if isinstance(value := make(), bytes) else value.encode()).decode()
+        for path, make in new_secrets().items()}))
 
 
 def place_secret(path, make, owner):
@@ -358,12 +377,15 @@ def move_job_directories():
 def role_migrate():
     """Create the schema in an empty database or upgrade an older one (Galaxy's own code)."""
     stack_environment()
+    url = os.environ["GALAXY_CONFIG_OVERRIDE_DATABASE_CONNECTION"]
+    wait_until("the database (postgres)", lambda: schema.database_answers(url),
+               "see the postgres service's log")
     from sqlalchemy import create_engine
     from galaxy.model.migrations import verify_databases
-    engine = create_engine(os.environ["GALAXY_CONFIG_OVERRIDE_DATABASE_CONNECTION"])
+    engine = create_engine(url)
     verify_databases(engine, None, None, None, None, None, is_auto_migrate=True)
     engine.dispose()
-    create_citation_cache(os.environ["GALAXY_CONFIG_OVERRIDE_DATABASE_CONNECTION"])
+    create_citation_cache(url)
     log("database schema is current")
 
 
@@ -422,7 +444,8 @@ def role_first_admin():
     if not bootstrap_key_on():
         log("GALAXY_BOOTSTRAP_API_KEY=false: the admin's account and the default quota are the "
             "admin's own business now (Admin > Users, Admin > Quotas)")
-        return
+        return admin_account_made()
+    wait_until(f"Galaxy at {galaxy}", lambda: port_answers("web", 8080), "see the web service's log")
     key = read_secret("admin_api_key")
 
     def call(path, body=None, exists_ok=False, method=None):
@@ -452,6 +475,17 @@ def role_first_admin():
         log(f"made the admin account {email}; its password: "
             f"docker compose exec web cat {secret_path('admin_password')}")
     set_default_quota(call, quota)
+    admin_account_made()
+
+
+# Made once the admin's account exists; nginx lets nobody in before (nginx/entrypoint.py): under
+# Compose it starts after first-admin anyway, under Swarm this is the order.
+FIRST_ADMIN_DONE = os.path.join(DATA_DIR, "config", "first-admin.done")
+
+
+def admin_account_made():
+    if not os.path.exists(FIRST_ADMIN_DONE):
+        write_once(FIRST_ADMIN_DONE, "the admin's account is made (first-admin)\n", 0o644)
 
 
 # The quota first-admin keeps at GALAXY_DEFAULT_QUOTA: Galaxy's default for registered users.
@@ -558,6 +592,7 @@ def role_celery():
     metadata task runs in a process forked from it)."""
     threads = setting("GALAXY_CELERY_CONCURRENCY", "2", r"[1-9]\d*", "a positive whole number")
     stack_environment()
+    wait_for_data()
     schema.wait_for_schema(os.environ["GALAXY_CONFIG_OVERRIDE_DATABASE_CONNECTION"])
     celery_environment()
     os.execvp("celery", ["celery", "--app", "galaxy.celery", "worker", "--pool", "threads",
@@ -595,7 +630,8 @@ def role_schema_head():
 ROLES = {"web": role_web, "init": role_init, "migrate": role_migrate,
          "first-admin": role_first_admin, "handler": role_handler, "celery": role_celery,
          "celery-beat": role_celery_beat, "celery-ping": role_celery_ping,
-         "schema-head": role_schema_head, "manage-db": role_manage_db, "health": role_health,
+         "schema-head": role_schema_head, "new-secrets": role_new_secrets,
+         "manage-db": role_manage_db, "health": role_health,
          "slurmctld": cluster.role_slurmctld, "slurmdbd": cluster.role_slurmdbd,
          "node": cluster.role_node}
 CLUSTER_ROLES = ("handler", "slurmctld", "slurmdbd", "node")

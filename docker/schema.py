@@ -53,11 +53,19 @@ def database_revisions(url):
         return {row[0] for row in cur.fetchall()}
 
 
+def database_answers(url):
+    try:
+        database_revisions(url)
+        return True
+    except Exception:  # still starting, or unreachable
+        return False
+
+
 def wait_for_schema(url):
     """Return once the database's schema is the one this Galaxy expects. A schema newer than
     this Galaxy stops the container at once; an older or missing one is waited for (the migrate
-    service upgrades it) for GALAXY_SCHEMA_WAIT seconds, then stops it with the reason."""
-    timeout = int(setting("GALAXY_SCHEMA_WAIT", "600", r"\d+", "seconds, a whole number"))
+    service upgrades it) for GALAXY_START_WAIT seconds, then stops it with the reason."""
+    timeout = int(setting("GALAXY_START_WAIT", "600", r"\d+", "seconds, a whole number"))
     head = expected_head()
     known = revisions()
     deadline = time.monotonic() + timeout
@@ -79,7 +87,7 @@ def wait_for_schema(url):
         if time.monotonic() > deadline:
             fail(f"{problem}; this Galaxy needs schema {head}. The migrate service creates and "
                  f"upgrades it: `docker compose up migrate` shows why it didn't "
-                 f"(waited {timeout} s, GALAXY_SCHEMA_WAIT)")
+                 f"(waited {timeout} s, GALAXY_START_WAIT)")
         if problem != said:
             log(f"waiting for Galaxy's schema {head}: {problem}")
             said = problem

@@ -15,6 +15,12 @@ BROKER_SECRET_DIR = "/var/lib/galaxy-broker-secret"  # RabbitMQ's password: Gala
 RESULTS_SECRET_DIR = "/var/lib/galaxy-results-secret"  # Redis's password: Galaxy and Redis
 # The cluster's key, in its own volume: the Slurm roles and the handler mount it, nothing else.
 MUNGE_KEY = "/etc/munge/munge.key"
+# Who reads each secret folder's files: Galaxy's processes run as galaxy; PostgreSQL, RabbitMQ,
+# Redis, MariaDB and slurmdbd read theirs as root, before they drop to their own user; munged runs
+# as munge. (The init role under Compose, scripts/swarm_stack.py's Swarm secrets.)
+SECRET_OWNERS = {SECRETS_DIR: "galaxy", DB_SECRET_DIR: "galaxy", BROKER_SECRET_DIR: "galaxy",
+                 RESULTS_SECRET_DIR: "galaxy", SLURMDB_SECRET_DIR: "root",
+                 os.path.dirname(MUNGE_KEY): "munge"}
 # Files the init role creates once per deployment: name -> (directory, generator).
 SECRET_FILES = {
     "id_secret": (SECRETS_DIR, lambda: secrets.token_hex(24)),  # Galaxy's id cipher: <= 56 chars
@@ -43,6 +49,34 @@ def fail(msg):
 
 def log(msg):
     print(f"galaxy-entrypoint: {msg}", file=sys.stderr, flush=True)
+
+
+def wait_until(what, ready, hint, timeout_setting="GALAXY_START_WAIT", default="600"):
+    """Return once `ready()` is true (asked every 3 s); after the timeout, stop the container
+    naming `what` it waited for and `hint` (where to look). Compose starts what a role needs
+    first; Docker Swarm has no start order, and there this wait is the order (same code)."""
+    import time
+    timeout = int(setting(timeout_setting, default, r"\d+", "seconds, a whole number"))
+    deadline = time.monotonic() + timeout
+    logged = False
+    while not ready():
+        if time.monotonic() > deadline:
+            fail(f"gave up waiting for {what} after {timeout} s ({timeout_setting}): {hint}")
+        if not logged:
+            log(f"waiting for {what}")
+            logged = True
+        time.sleep(3)
+    if logged:
+        log(f"{what}: ready")
+
+
+def port_answers(host, port):
+    """Whether a TCP connection to host:port opens (within 3 s)."""
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+        return True
+    except OSError:
+        return False
 
 
 def setting(name, default=None, pattern=None, form=None):
@@ -115,6 +149,23 @@ def ensure_site_files():
         write_once(inside_data_dir(path), content, 0o644)
     return [local_tools, shed_tools, os.path.dirname(os.path.dirname(ucsc)), os.path.dirname(ucsc),
             ucsc, *files]
+
+
+def data_prepared():
+    """Whether the init role has prepared the shared data (its site files are Galaxy's user's):
+    the roles that write there wait for it (Swarm has no start order)."""
+    import pwd
+    try:
+        owner = os.stat(os.path.join(DATA_DIR, "config", "local_tool_conf.xml")).st_uid
+    except OSError:
+        return False
+    return owner == pwd.getpwnam("galaxy").pw_uid
+
+
+def mount_points():
+    """The paths where something is mounted in this container (/proc/self/mountinfo)."""
+    with open("/proc/self/mountinfo") as f:
+        return {line.split()[4] for line in f}
 
 
 def inside_data_dir(path):

@@ -14,6 +14,7 @@ once with a message naming it, before nginx starts.
 import os
 import re
 import sys
+import time
 from urllib.parse import urlsplit
 
 SETTINGS = "/tmp/nginx/settings.conf"
@@ -24,6 +25,12 @@ LISTEN_GALAXY = "/tmp/nginx/listen-galaxy.conf"
 TLS_DIR = "/etc/nginx/tls"
 TLS_FILES = ("fullchain.pem", "privkey.pem")  # certbot's names
 UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
+# Made by the first-admin service once the admin's account exists (docker/entrypoint.py): nobody
+# gets in before, so nobody can register the admin's address first. Compose starts nginx after
+# first-admin anyway; under Swarm (no start order) this wait is the order.
+# Only where Galaxy's data is mounted (the stack); an nginx run alone in front of it doesn't wait.
+DATA_DIR = "/srv/galaxy"
+FIRST_ADMIN_DONE = f"{DATA_DIR}/config/first-admin.done"
 
 
 def fail(msg):
@@ -190,6 +197,22 @@ def listen(tls, default=False):
     return f"listen 8080{suffix};\n" + (f"listen 8443 ssl http2{suffix};\n" if tls else "")
 
 
+def wait_for_first_admin():
+    with open("/proc/self/mountinfo") as f:
+        if DATA_DIR not in {line.split()[4] for line in f}:
+            return
+    timeout = int(os.environ.get("GALAXY_START_WAIT") or 600)
+    deadline = time.monotonic() + timeout
+    if not os.path.exists(FIRST_ADMIN_DONE):
+        print("nginx-entrypoint: waiting for the admin's account (the first-admin service)",
+              file=sys.stderr, flush=True)
+    while not os.path.exists(FIRST_ADMIN_DONE):
+        if time.monotonic() > deadline:
+            fail(f"no admin's account after {timeout} s (GALAXY_START_WAIT): see the first-admin "
+                 "service's log")
+        time.sleep(2)
+
+
 def main(argv):
     url = public_url("GALAXY_URL", "http://localhost:8080")
     max_upload = size_in_bytes("GALAXY_MAX_UPLOAD_SIZE", "10g")
@@ -201,6 +224,7 @@ def main(argv):
     print("nginx-entrypoint: " + (f"HTTPS on, with {tls[0]}" if tls else
                                   "plain HTTP only: no certificate in GALAXY_TLS_DIR"),
           file=sys.stderr, flush=True)
+    wait_for_first_admin()
     os.makedirs(os.path.dirname(SETTINGS), exist_ok=True)
     for path, text in ((SETTINGS, render(url, max_upload, require_login, tls)),
                        (UPLOAD_SIZE, f"client_max_body_size {max_upload};\n"),

@@ -22,7 +22,7 @@ def test_waits_until_migrate_has_upgraded_the_schema(schema, monkeypatch, capsys
 
 
 def test_an_older_schema_that_stays_old_stops_the_role_naming_migrate(schema, monkeypatch, capsys):
-    monkeypatch.setenv("GALAXY_SCHEMA_WAIT", "0")
+    monkeypatch.setenv("GALAXY_START_WAIT", "0")
     database_at(schema, monkeypatch, {"b2", "t9"})
     with pytest.raises(SystemExit) as stopped:
         schema.wait_for_schema("postgresql://db")
@@ -37,3 +37,16 @@ def test_a_schema_newer_than_the_image_stops_the_role_at_once(schema, monkeypatc
     with pytest.raises(SystemExit):
         schema.wait_for_schema("postgresql://db")
     assert "(e5) is newer than this Galaxy's (d4)" in capsys.readouterr().err
+
+
+def test_a_role_waits_for_what_it_needs_and_then_stops_naming_it(settings, monkeypatch, capsys):
+    answers = [False, True]
+    monkeypatch.setattr("time.sleep", lambda seconds: None)
+    settings.wait_until("slurmctld", lambda: answers.pop(0), "see slurmctld's log")
+    assert "waiting for slurmctld" in capsys.readouterr().err
+    monkeypatch.setenv("GALAXY_START_WAIT", "0")
+    with pytest.raises(SystemExit) as stopped:
+        settings.wait_until("slurmctld", lambda: False, "see slurmctld's log")
+    assert stopped.value.code == 2
+    assert "gave up waiting for slurmctld after 0 s (GALAXY_START_WAIT): see slurmctld's log" \
+        in capsys.readouterr().err
