@@ -72,7 +72,11 @@ def connect_to_cluster():
     os.environ["PATH"] = f"{SLURM_AS_JOB_USER}:{os.environ['PATH']}"
     conf = os.environ.get("SLURM_CONF")
     if not conf:
-        start_munged(peer=controller_host(BUNDLED_SLURM_CONF))
+        host = controller_host(BUNDLED_SLURM_CONF)
+        # munged needs the controller's address (its name resolves once it runs, under Swarm).
+        wait_until(f"slurmctld ({host})", lambda: port_answers(host, 6817),
+                   "see the slurmctld service's log")
+        start_munged(peer=host)
         wait_for_controller()
         return
     key = setting("MUNGE_KEY_FILE", form="the path of the site cluster's munge key")

@@ -11,7 +11,6 @@
   celery-beat  Celery beat: sends Galaxy's periodic housekeeping tasks (run exactly one)
   celery-ping  the celery role's healthcheck: its worker answers a ping through the broker
   schema-head  print the database schema revision this Galaxy expects (scripts/restore)
-  new-secrets  print new values for every secret of a deployment (scripts/swarm-deploy)
   manage-db  Galaxy's schema tool on the stack's database (e.g. `manage-db dbversion`)
   health     the healthcheck of the web and handler roles in the stack: a fresh heartbeat
   slurmctld  the Slurm controller                                      [runner image]
@@ -32,9 +31,9 @@ import cluster
 import health
 import schema
 import stranded_jobs
-from settings import (DATA_DIR, MUNGE_KEY, SECRET_FILES, SECRET_OWNERS, SECRETS_DIR, data_prepared,
-                      ensure_site_files, fail, log, mount_points, port_answers, read_secret,
-                      replica_name, replica_running, secret_path, setting, wait_until, write_once)
+from settings import (DATA_DIR, SECRET_OWNERS, SECRETS_DIR, data_prepared, ensure_site_files,
+                      fail, log, mount_points, new_secrets, port_answers, read_secret, replica_name,
+                      replica_running, secret_path, setting, wait_until, write_once)
 
 GALAXY_CONFIG = "/etc/galaxy/galaxy.yml"
 # Where the init role mounts the jobs volume (elsewhere it is /srv/galaxy/jobs, over the data
@@ -314,25 +313,6 @@ def role_init():
         "secrets: all present" if mounted & set(SECRET_OWNERS) else "secrets: none mounted here")
 
 
-def new_secrets():
-    """{path: a function making that secret's new value} for every secret of a deployment."""
-    wanted = {secret_path(name): lambda make=make: make() + "\n"
-              for name, (_, make) in SECRET_FILES.items()}
-    # munged wants a key of at least 32 bytes.
-    wanted[MUNGE_KEY] = lambda: secrets.token_bytes(1024)
-    return wanted
-
-
-def role_new_secrets():
-    """Print a new value for every secret of a deployment, as JSON {file name: base64 of its
-    bytes}: scripts/swarm-deploy makes Swarm secrets of them (the same generators as init)."""
-    import base64
-    import json
-    print(json.dumps({os.path.basename(path): base64.b64encode(
-        value if isinstance(value := make(), bytes) else value.encode()).decode()
-        for path, make in new_secrets().items()}))
-
-
 def place_secret(path, make, owner):
     """Create the secret at `path` once, readable by `owner` only. Earlier versions kept every
     secret in Galaxy's volume: one found there moves here (the deployment keeps its value).
@@ -441,6 +421,10 @@ def role_first_admin():
     email = setting("GALAXY_ADMIN_EMAIL", pattern=r"[^@\s]+@[^@\s]+\.[^@\s]+", form="an email address")
     quota = default_quota_setting()
     galaxy = "http://web:8080"  # any replica (compose.yml: backend network)
+    # Left by an earlier deployment on these data (a database made anew, a restore): nginx must
+    # wait for this run's word.
+    if os.path.lexists(FIRST_ADMIN_DONE):
+        os.remove(FIRST_ADMIN_DONE)
     if not bootstrap_key_on():
         log("GALAXY_BOOTSTRAP_API_KEY=false: the admin's account and the default quota are the "
             "admin's own business now (Admin > Users, Admin > Quotas)")
@@ -630,8 +614,7 @@ def role_schema_head():
 ROLES = {"web": role_web, "init": role_init, "migrate": role_migrate,
          "first-admin": role_first_admin, "handler": role_handler, "celery": role_celery,
          "celery-beat": role_celery_beat, "celery-ping": role_celery_ping,
-         "schema-head": role_schema_head, "new-secrets": role_new_secrets,
-         "manage-db": role_manage_db, "health": role_health,
+         "schema-head": role_schema_head, "manage-db": role_manage_db, "health": role_health,
          "slurmctld": cluster.role_slurmctld, "slurmdbd": cluster.role_slurmdbd,
          "node": cluster.role_node}
 CLUSTER_ROLES = ("handler", "slurmctld", "slurmdbd", "node")

@@ -8,7 +8,7 @@ import re
 import sysconfig
 import time
 
-from settings import fail, log, setting
+from settings import fail, log, start_wait
 
 # Galaxy's own migrations (its gxy branch; tsi is the Tool Shed install branch, unchanged).
 VERSIONS = os.path.join(sysconfig.get_paths()["purelib"],
@@ -65,7 +65,7 @@ def wait_for_schema(url):
     """Return once the database's schema is the one this Galaxy expects. A schema newer than
     this Galaxy stops the container at once; an older or missing one is waited for (the migrate
     service upgrades it) for GALAXY_START_WAIT seconds, then stops it with the reason."""
-    timeout = int(setting("GALAXY_START_WAIT", "600", r"\d+", "seconds, a whole number"))
+    timeout_setting, timeout = start_wait()
     head = expected_head()
     known = revisions()
     deadline = time.monotonic() + timeout
@@ -87,7 +87,7 @@ def wait_for_schema(url):
         if time.monotonic() > deadline:
             fail(f"{problem}; this Galaxy needs schema {head}. The migrate service creates and "
                  f"upgrades it: `docker compose up migrate` shows why it didn't "
-                 f"(waited {timeout} s, GALAXY_START_WAIT)")
+                 f"(waited {timeout} s, {timeout_setting})")
         if problem != said:
             log(f"waiting for Galaxy's schema {head}: {problem}")
             said = problem

@@ -33,6 +33,16 @@ SECRET_FILES = {
 }
 
 
+def new_secrets():
+    """{path: a function making that secret's new value} for every secret of a deployment: the
+    init role writes them under Compose, scripts/swarm-deploy makes Swarm secrets of them."""
+    wanted = {secret_path(name): lambda make=make: make() + "\n"
+              for name, (_, make) in SECRET_FILES.items()}
+    # munged wants a key of at least 32 bytes.
+    wanted[MUNGE_KEY] = lambda: secrets.token_bytes(1024)
+    return wanted
+
+
 def secret_path(name):
     return os.path.join(SECRET_FILES[name][0], name)
 
@@ -51,12 +61,20 @@ def log(msg):
     print(f"galaxy-entrypoint: {msg}", file=sys.stderr, flush=True)
 
 
-def wait_until(what, ready, hint, timeout_setting="GALAXY_START_WAIT", default="600"):
-    """Return once `ready()` is true (asked every 3 s); after the timeout, stop the container
-    naming `what` it waited for and `hint` (where to look). Compose starts what a role needs
-    first; Docker Swarm has no start order, and there this wait is the order (same code)."""
+def start_wait():
+    """(name, seconds): how long a role waits for what it needs, GALAXY_START_WAIT (600)."""
+    name = "GALAXY_START_WAIT"
+    if name not in os.environ and "GALAXY_SCHEMA_WAIT" in os.environ:
+        name = "GALAXY_SCHEMA_WAIT"  # its earlier name, still read
+    return name, int(setting(name, "600", r"\d+", "seconds, a whole number"))
+
+
+def wait_until(what, ready, hint):
+    """Return once `ready()` is true (asked every 3 s); after GALAXY_START_WAIT seconds, stop the
+    container naming `what` it waited for and `hint` (where to look). Compose starts what a role
+    needs first; Docker Swarm has no start order, and there this wait is the order (same code)."""
     import time
-    timeout = int(setting(timeout_setting, default, r"\d+", "seconds, a whole number"))
+    timeout_setting, timeout = start_wait()
     deadline = time.monotonic() + timeout
     logged = False
     while not ready():
@@ -95,7 +113,8 @@ def read_secret(name):
         with open(path) as f:
             value = f.read().strip()
     except FileNotFoundError:
-        fail(f"secret {path} is missing: the init service creates it (docker compose up runs it)")
+        fail(f"secret {path} is missing: the init service creates it (docker compose up runs it; "
+             "under Swarm, scripts/swarm-deploy)")
     except PermissionError:
         fail(f"secret {path} is not readable by uid {os.getuid()}")
     if not value:
@@ -152,14 +171,10 @@ def ensure_site_files():
 
 
 def data_prepared():
-    """Whether the init role has prepared the shared data (its site files are Galaxy's user's):
-    the roles that write there wait for it (Swarm has no start order)."""
-    import pwd
-    try:
-        owner = os.stat(os.path.join(DATA_DIR, "config", "local_tool_conf.xml")).st_uid
-    except OSError:
-        return False
-    return owner == pwd.getpwnam("galaxy").pw_uid
+    """Whether the init role has prepared the shared data (its site files are there): the roles
+    that write there wait for it (Swarm has no start order)."""
+    return all(os.path.exists(os.path.join(DATA_DIR, "config", name))
+               for name in ("local_tool_conf.xml", "shed_tool_conf.xml"))
 
 
 def mount_points():

@@ -7,9 +7,11 @@ only what Swarm does differently:
 - no start order (`depends_on`): every role waits in its entrypoint for what it needs (the same
   code as under Compose); the one-shots (init, migrate, first-admin) are services that Swarm
   restarts until they succeed once;
-- no `restart`, `mem_limit`, `shm_size`, `network_mode`: `deploy.restart_policy`,
-  `deploy.resources`, a tmpfs at /dev/shm; init joins no network of the stack's;
-- Docker 20.10's Swarm has no process limits (`pids_limit`): dropped (README);
+- no `restart`, `mem_limit`, `pids_limit`, `shm_size`, `tmpfs`, `network_mode`:
+  `deploy.restart_policy`, `deploy.resources`, tmpfs mounts; init (no network under Compose)
+  joins an internal network of its own, which nothing else joins;
+- any other key this module doesn't know stops it (StackError): nothing a site's override file
+  sets, hardening included, is dropped silently;
 - secrets: the secret volumes become Swarm secrets (made by scripts/swarm-deploy), each mounted
   at the same path, owner and mode as init gives it under Compose. Swarm sends a secret only to
   the nodes that run a task that needs it, and keeps it in memory there;
@@ -21,7 +23,12 @@ only what Swarm does differently:
   PostgreSQL (IPVS drops connections idle for 15 minutes: a connection pool's; and some kernels,
   this project's test machine's among them, have no IPVS at all);
 - nginx publishes on its node's own ports (mode host), so it sees client addresses, and Galaxy
-  trusts forwarded headers from the front network (FRONT_SUBNET).
+  trusts forwarded headers from the front network (FRONT_SUBNET). Swarm publishes on every
+  address of the node: a port bound to one address (GALAXY_PORT=127.0.0.1:8080) is refused;
+- the overlay networks are encrypted (IPsec between hosts) unless asked not to (a kernel
+  without ESP, as on this project's test machine): what Galaxy, PostgreSQL, RabbitMQ, Redis and
+  Slurm say to each other crosses the hosts' network, in clear under Compose's bridges, and
+  VXLAN takes packets from anyone who can reach its port.
 """
 import os
 import re
@@ -44,6 +51,18 @@ FRONT_SUBNET = "10.201.0.0/24"
 # Numeric owners of the secrets (Dockerfile: GALAXY_UID, MUNGE_UID; root).
 UIDS = {"galaxy": 1450, "munge": 1452, "root": 0}
 UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+# Keys of `compose config`'s services this module carries over (or, for Compose's own, drops).
+KEPT = ("image", "command", "environment", "user", "hostname", "init", "healthcheck",
+        "stop_grace_period")
+HANDLED = ("mem_limit", "pids_limit", "shm_size", "tmpfs", "network_mode", "networks", "ports",
+           "volumes", "profiles")
+COMPOSE_ONLY = ("build", "depends_on", "restart", "container_name")
+# init's network: internal, and nothing else joins it.
+ISOLATED = "isolated"
+
+
+class StackError(ValueError):
+    pass
 
 
 def secrets_in(directory):
@@ -75,8 +94,12 @@ def size_in_bytes(value):
 
 
 def swarm_service(name, service, stack, replicas):
-    out = {key: service[key] for key in ("image", "command", "environment", "user", "hostname",
-                                         "init", "healthcheck", "stop_grace_period") if key in service}
+    unknown = sorted(set(service) - set(KEPT) - set(HANDLED) - set(COMPOSE_ONLY))
+    if unknown:
+        raise StackError(f"service {name}: {', '.join(unknown)} not carried over to Swarm "
+                         "(scripts/swarm_stack.py); take it out of the Compose files or teach "
+                         "swarm_stack.py what it means there")
+    out = {key: service[key] for key in KEPT if key in service}
     env = out["environment"] = dict(out.get("environment") or {})
     deploy = out["deploy"] = {"endpoint_mode": "dnsrr", "restart_policy": {
         "condition": "on-failure" if name in ONE_SHOTS else "any", "delay": "5s"}}
@@ -84,15 +107,21 @@ def swarm_service(name, service, stack, replicas):
         deploy["replicas"] = replicas.get(name, 1)
     if name in STATEFUL:
         deploy["placement"] = {"constraints": [STATE_LABEL]}
+    limits = {}
     if "mem_limit" in service:
-        deploy["resources"] = {"limits": {"memory": str(service["mem_limit"])}}
+        limits["memory"] = str(service["mem_limit"])
+    if "pids_limit" in service:
+        limits["pids"] = int(service["pids_limit"])
+    if limits:
+        deploy["resources"] = {"limits": limits}
     if name in REPLICA_NAMES:
         env["GALAXY_REPLICA_NAME"] = f"{REPLICA_NAMES[name]}_{{{{.Task.Slot}}}}"
     if name == "web":
         env["GALAXY_TRUSTED_PROXIES"] = FRONT_SUBNET
-    if service.get("network_mode") != "none":
-        networks = service.get("networks") or []
-        out["networks"] = sorted(networks)  # a list, or v2's {name: options}
+    if service.get("network_mode") == "none":
+        out["networks"] = [ISOLATED]
+    else:
+        out["networks"] = sorted(service.get("networks") or [])  # a list, or v2's {name: options}
     if "ports" in service:
         out["ports"] = [published(port) for port in service["ports"]]
     volumes, secrets = [], []
@@ -108,6 +137,9 @@ def swarm_service(name, service, stack, replicas):
     if "shm_size" in service:
         volumes.append({"type": "tmpfs", "target": "/dev/shm",
                         "tmpfs": {"size": size_in_bytes(service["shm_size"])}})
+    tmpfs = service.get("tmpfs") or []
+    for target in [tmpfs] if isinstance(tmpfs, str) else tmpfs:
+        volumes.append({"type": "tmpfs", "target": target.split(":")[0]})
     if volumes:
         out["volumes"] = volumes
     if secrets:
@@ -119,19 +151,23 @@ def published(port):
     """A published port on the node's own address (mode host): nginx sees the client's address,
     where Swarm's routing mesh would hide it."""
     if isinstance(port, str):
-        host, _, target = port.rpartition(":")
-        published_port = host.rpartition(":")[2]
+        host, _, target = port.partition("/")[0].rpartition(":")
+        address, _, published_port = host.rpartition(":")
     else:
-        target, published_port = port["target"], port["published"]
+        target, published_port, address = port["target"], port["published"], port.get("host_ip")
+    if address and address != "0.0.0.0":
+        raise StackError(f"port {published_port} is bound to {address}: Swarm publishes on every "
+                         f"address of nginx's node; set it without an address (GALAXY_PORT=8080, "
+                         "GALAXY_HTTPS_PORT=8443) and keep strangers out with the host's firewall")
     return {"target": int(target), "published": int(published_port), "protocol": "tcp",
             "mode": "host"}
 
 
-def stack_file(config, stack, shared, replicas=None):
+def stack_file(config, stack, shared, replicas=None, encrypted=True):
     """The stack file (a dict) for `docker stack deploy`, from `compose config`'s dict.
 
     shared: the driver options of the shared volumes, given the volume name (nfs_volume or
-    shared_directory). replicas: {service: count}."""
+    shared_directory). replicas: {service: count}. encrypted: IPsec on the overlay networks."""
     services = {name: swarm_service(name, service, stack, replicas or {})
                 for name, service in config["services"].items()
                 if not service.get("profiles")}
@@ -142,8 +178,13 @@ def stack_file(config, stack, shared, replicas=None):
     secrets = {ref["source"]: {"external": True, "name": f"{stack}_{ref['source']}"}
                for s in services.values() for ref in s.get("secrets", [])}
     networks = {}
-    for name, network in config.get("networks", {}).items():
+    used_networks = {n for s in services.values() for n in s["networks"]}
+    for name, network in [*config.get("networks", {}).items(), (ISOLATED, {"internal": True})]:
+        if name not in used_networks:
+            continue
         networks[name] = {"driver": "overlay", "internal": bool((network or {}).get("internal"))}
+        if encrypted:
+            networks[name]["driver_opts"] = {"encrypted": ""}
         if name == "front":
             networks[name]["ipam"] = {"config": [{"subnet": FRONT_SUBNET}]}
     return {"version": "3.9", "services": services, "networks": networks, "volumes": volumes,

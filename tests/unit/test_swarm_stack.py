@@ -49,6 +49,7 @@ def test_nothing_swarm_refuses_or_ignores_is_left(stack):
     for name, service in stack["services"].items():
         assert not {"build", "depends_on", "restart", "mem_limit", "pids_limit", "shm_size",
                     "network_mode", "profiles"} & set(service), name
+    assert stack["services"]["init"]["deploy"]["resources"]["limits"] == {"memory": "512m", "pids": 256}
 
 
 def test_one_shots_run_until_they_succeed_once_and_the_rest_always(stack):
@@ -106,11 +107,12 @@ def test_nginx_sees_every_web_replica_and_client_addresses(stack):
         stack["networks"]["front"]["ipam"]["config"][0]["subnet"]
     assert stack["services"]["nginx"]["ports"] == [
         {"target": 8080, "published": 8080, "protocol": "tcp", "mode": "host"}]
-    assert stack["networks"]["backend"] == {"driver": "overlay", "internal": True}
+    assert stack["networks"]["backend"] == {"driver": "overlay", "internal": True,
+                                            "driver_opts": {"encrypted": ""}}
 
 
 def test_compose_v2_long_syntax_reads_the_same(swarm_stack):
-    service = {"image": "nginx", "ports": [{"target": 8080, "published": "18080", "host_ip": "127.0.0.1"}],
+    service = {"image": "nginx", "ports": [{"target": 8080, "published": "18080"}],
                "volumes": [{"type": "volume", "source": "db-secret", "target": "/var/lib/galaxy-db-secret",
                             "read_only": True},
                            {"type": "bind", "source": "/site/tls", "target": "/etc/nginx/tls"}]}
@@ -119,8 +121,35 @@ def test_compose_v2_long_syntax_reads_the_same(swarm_stack):
     assert out["secrets"][0]["source"] == "db_password"
     assert out["volumes"] == [{"type": "bind", "source": "/site/tls", "target": "/etc/nginx/tls",
                                "read_only": False}]
-    assert swarm_stack.swarm_service("nginx", {"ports": ["127.0.0.1:18080:8080"]}, "g", {})["ports"] \
+    assert swarm_stack.swarm_service("nginx", {"ports": ["18080:8080/tcp"]}, "g", {})["ports"] \
         == [{"target": 8080, "published": 18080, "protocol": "tcp", "mode": "host"}]
+
+
+@pytest.mark.parametrize("port", ["127.0.0.1:18080:8080",
+                                  {"target": 8080, "published": "18080", "host_ip": "127.0.0.1"}])
+def test_a_port_kept_to_one_address_is_refused_not_opened_to_all(swarm_stack, port):
+    with pytest.raises(swarm_stack.StackError, match="bound to 127.0.0.1: Swarm publishes on every"):
+        swarm_stack.swarm_service("nginx", {"ports": [port]}, "g", {})
+
+
+def test_a_key_it_does_not_know_stops_it(swarm_stack):
+    with pytest.raises(swarm_stack.StackError, match="service node: cap_drop, security_opt not carried"):
+        swarm_stack.swarm_service("node", {"image": "runner", "cap_drop": ["ALL"],
+                                           "security_opt": ["no-new-privileges"]}, "g", {})
+
+
+def test_process_limits_and_tmpfs_are_kept(swarm_stack):
+    out = swarm_stack.swarm_service("runner", {"pids_limit": 2048, "mem_limit": "4g",
+                                               "tmpfs": ["/etc/slurm"]}, "g", {})
+    assert out["deploy"]["resources"]["limits"] == {"memory": "4g", "pids": 2048}
+    assert {"type": "tmpfs", "target": "/etc/slurm"} in out["volumes"]
+
+
+def test_init_joins_a_network_of_its_own_with_no_way_out(stack, swarm_stack):
+    assert stack["services"]["init"]["networks"] == [swarm_stack.ISOLATED]
+    assert stack["networks"][swarm_stack.ISOLATED]["internal"] is True
+    assert [name for name, s in stack["services"].items()
+            if swarm_stack.ISOLATED in s["networks"]] == ["init"]
 
 
 def test_secret_owners_are_the_images_users(swarm_stack):
