@@ -80,3 +80,11 @@ def schema(settings, tmp_path, monkeypatch):
 @pytest.fixture
 def health(settings):
     return load(ROOT / "docker" / "health.py", "health")
+
+
+@pytest.fixture(autouse=True)
+def temporary_files_in_the_test_folder(tmp_path, monkeypatch):
+    """The entrypoint writes its config files with tempfile (in a container's /tmp): here, into
+    the test's own folder, which pytest removes, not the host's /tmp."""
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
