@@ -468,8 +468,7 @@ FIRST_ADMIN_DONE = os.path.join(DATA_DIR, "config", "first-admin.done")
 
 
 def admin_account_made():
-    if not os.path.exists(FIRST_ADMIN_DONE):
-        write_once(FIRST_ADMIN_DONE, "the admin's account is made (first-admin)\n", 0o644)
+    write_once(FIRST_ADMIN_DONE, "the admin's account is made (first-admin)\n", 0o644)
 
 
 # The quota first-admin keeps at GALAXY_DEFAULT_QUOTA: Galaxy's default for registered users.

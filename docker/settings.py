@@ -48,8 +48,8 @@ def secret_path(name):
 
 
 def secret_paths():
-    """Every secret file the init role makes (tests/test_security.py tries to read each one)."""
-    return [secret_path(name) for name in SECRET_FILES] + [MUNGE_KEY]
+    """Every secret file of a deployment (tests/test_security.py tries to read each one)."""
+    return list(new_secrets())
 
 
 def fail(msg):

@@ -201,7 +201,10 @@ def wait_for_first_admin():
     with open("/proc/self/mountinfo") as f:
         if DATA_DIR not in {line.split()[4] for line in f}:
             return
-    timeout = int(os.environ.get("GALAXY_START_WAIT") or 600)
+    value = os.environ.get("GALAXY_START_WAIT") or "600"
+    if not value.isdigit():
+        fail(f"GALAXY_START_WAIT={value!r} is malformed; expected seconds, a whole number")
+    timeout = int(value)
     deadline = time.monotonic() + timeout
     if not os.path.exists(FIRST_ADMIN_DONE):
         print("nginx-entrypoint: waiting for the admin's account (the first-admin service)",

@@ -35,7 +35,7 @@ import re
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docker"))
-from settings import MUNGE_KEY, SECRET_FILES, SECRET_OWNERS  # noqa: E402
+from settings import SECRET_OWNERS, secret_paths  # noqa: E402
 
 ONE_SHOTS = ("init", "migrate", "first-admin")
 # Where state lives, or a port and the site's certificate: on the node labelled galaxy.state=true.
@@ -67,10 +67,8 @@ class StackError(ValueError):
 
 def secrets_in(directory):
     """The secret files (name, path) of a secret folder."""
-    files = [(name, os.path.join(d, name)) for name, (d, _) in SECRET_FILES.items() if d == directory]
-    if directory == os.path.dirname(MUNGE_KEY):
-        files.append((os.path.basename(MUNGE_KEY), MUNGE_KEY))
-    return files
+    return [(os.path.basename(path), path) for path in secret_paths()
+            if os.path.dirname(path) == directory]
 
 
 def mounts(service):
@@ -93,7 +91,7 @@ def size_in_bytes(value):
     return int(match.group(1)) * UNITS[match.group(2)]
 
 
-def swarm_service(name, service, stack, replicas):
+def swarm_service(name, service, replicas):
     unknown = sorted(set(service) - set(KEPT) - set(HANDLED) - set(COMPOSE_ONLY))
     if unknown:
         raise StackError(f"service {name}: {', '.join(unknown)} not carried over to Swarm "
@@ -168,7 +166,7 @@ def stack_file(config, stack, shared, replicas=None, encrypted=True):
 
     shared: the driver options of the shared volumes, given the volume name (nfs_volume or
     shared_directory). replicas: {service: count}. encrypted: IPsec on the overlay networks."""
-    services = {name: swarm_service(name, service, stack, replicas or {})
+    services = {name: swarm_service(name, service, replicas or {})
                 for name, service in config["services"].items()
                 if not service.get("profiles")}
     used = {m["source"] for s in services.values() for m in s.get("volumes", [])
@@ -205,4 +203,4 @@ def shared_directory(path):
 
 def secret_names():
     """Every Swarm secret of a deployment (file names, as scripts/swarm-deploy creates them)."""
-    return [name for directory in SECRET_OWNERS for name, _ in secrets_in(directory)]
+    return [os.path.basename(path) for path in secret_paths()]

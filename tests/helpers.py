@@ -174,6 +174,17 @@ SLEEP_TOOL = """<tool id="sg_sleep" name="Sleep" version="1.0.0" profile="22.05"
 """
 
 
+def site_tool_conf(tool_id):
+    """local_tool_conf.xml listing the one site tool `tool_id` (its file in SITE_TOOLS)."""
+    return f"""<?xml version="1.0"?>
+<toolbox tool_path="{SITE_TOOLS}" is_shed_conf="false">
+    <section id="site_tools" name="Site tools">
+        <tool file="{tool_id}.xml"/>
+    </section>
+</toolbox>
+"""
+
+
 def handler_toolbox_loads(stack):
     """How often the handlers have (re)loaded their toolbox: each queues a search index rebuild."""
     return stack.compose("logs --no-color runner").count(
@@ -187,13 +198,7 @@ def install_site_tool(stack, admin, tool_id, files):
     every handler and web replica has it."""
     for name, text in files.items():
         write_file(stack, f"{SITE_TOOLS}/{name}", text)
-    write_file(stack, "/srv/galaxy/config/local_tool_conf.xml", f"""<?xml version="1.0"?>
-<toolbox tool_path="{SITE_TOOLS}" is_shed_conf="false">
-    <section id="site_tools" name="Site tools">
-        <tool file="{tool_id}.xml"/>
-    </section>
-</toolbox>
-""")
+    write_file(stack, "/srv/galaxy/config/local_tool_conf.xml", site_tool_conf(tool_id))
     reloads = handler_toolbox_loads(stack)
     admin.make_put_request(f"{admin.url}/configuration/toolbox")
     wait_for(lambda: handler_toolbox_loads(stack) > reloads, 120, f"{tool_id} in the handler")

@@ -116,12 +116,12 @@ def test_compose_v2_long_syntax_reads_the_same(swarm_stack):
                "volumes": [{"type": "volume", "source": "db-secret", "target": "/var/lib/galaxy-db-secret",
                             "read_only": True},
                            {"type": "bind", "source": "/site/tls", "target": "/etc/nginx/tls"}]}
-    out = swarm_stack.swarm_service("nginx", service, "g", {})
+    out = swarm_stack.swarm_service("nginx", service, {})
     assert out["ports"][0]["published"] == 18080
     assert out["secrets"][0]["source"] == "db_password"
     assert out["volumes"] == [{"type": "bind", "source": "/site/tls", "target": "/etc/nginx/tls",
                                "read_only": False}]
-    assert swarm_stack.swarm_service("nginx", {"ports": ["18080:8080/tcp"]}, "g", {})["ports"] \
+    assert swarm_stack.swarm_service("nginx", {"ports": ["18080:8080/tcp"]}, {})["ports"] \
         == [{"target": 8080, "published": 18080, "protocol": "tcp", "mode": "host"}]
 
 
@@ -129,18 +129,18 @@ def test_compose_v2_long_syntax_reads_the_same(swarm_stack):
                                   {"target": 8080, "published": "18080", "host_ip": "127.0.0.1"}])
 def test_a_port_kept_to_one_address_is_refused_not_opened_to_all(swarm_stack, port):
     with pytest.raises(swarm_stack.StackError, match="bound to 127.0.0.1: Swarm publishes on every"):
-        swarm_stack.swarm_service("nginx", {"ports": [port]}, "g", {})
+        swarm_stack.swarm_service("nginx", {"ports": [port]}, {})
 
 
 def test_a_key_it_does_not_know_stops_it(swarm_stack):
     with pytest.raises(swarm_stack.StackError, match="service node: cap_drop, security_opt not carried"):
         swarm_stack.swarm_service("node", {"image": "runner", "cap_drop": ["ALL"],
-                                           "security_opt": ["no-new-privileges"]}, "g", {})
+                                           "security_opt": ["no-new-privileges"]}, {})
 
 
 def test_process_limits_and_tmpfs_are_kept(swarm_stack):
     out = swarm_stack.swarm_service("runner", {"pids_limit": 2048, "mem_limit": "4g",
-                                               "tmpfs": ["/etc/slurm"]}, "g", {})
+                                               "tmpfs": ["/etc/slurm"]}, {})
     assert out["deploy"]["resources"]["limits"] == {"memory": "4g", "pids": 2048}
     assert {"type": "tmpfs", "target": "/etc/slurm"} in out["volumes"]
 
