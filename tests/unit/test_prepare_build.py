@@ -1,6 +1,7 @@
 """Unit tests of scripts/prepare-build's decisions (no Docker needed)."""
 import platform
 import sys
+from pathlib import Path
 
 
 def test_wheelhouse_only_where_host_python_matches_image(prepare, monkeypatch):
@@ -19,7 +20,10 @@ def test_current_wheelhouse_is_not_rebuilt(prepare, monkeypatch, tmp_path):
     reqs = tmp_path / "requirements.txt"
     reqs.write_text("galaxy==26.1.1\n")
     monkeypatch.setattr(prepare, "REQUIREMENTS", [reqs])
+    monkeypatch.setattr(prepare, "CONSTRAINTS", tmp_path / "constraints.txt")
+    prepare.CONSTRAINTS.write_text("galaxy-app==26.1.1\n")
     monkeypatch.setattr(prepare, "STAMP", tmp_path / "stamp")
+    monkeypatch.setattr(prepare, "CACHE", tmp_path / "cache")
     monkeypatch.setattr(prepare, "host_matches_image", lambda: True)
     calls = []
     monkeypatch.setattr(prepare.subprocess, "run", lambda *a, **k: calls.append(a))
@@ -29,8 +33,37 @@ def test_current_wheelhouse_is_not_rebuilt(prepare, monkeypatch, tmp_path):
     assert len(calls) == 1  # same requirements: nothing to do
     reqs.write_text("galaxy==26.1.2\n")
     prepare.ensure_wheelhouse()
-    assert len(calls) == 2  # changed pins: rebuilt
+    assert len(calls) == 2  # changed requirements: rebuilt
+    prepare.CONSTRAINTS.write_text("galaxy-app==26.1.2\n")
+    prepare.ensure_wheelhouse()
+    assert len(calls) == 3  # changed pins: rebuilt
 
+
+def test_another_clone_takes_the_wheelhouse_from_the_cache(prepare, monkeypatch, tmp_path):
+    """The first clone's pip fills the user's cache; a second clone of the same pins gets the same
+    wheels from it without pip, and nothing of older pins stays there."""
+    reqs = tmp_path / "requirements.txt"
+    reqs.write_text("galaxy-app==26.1.1\n")
+    monkeypatch.setattr(prepare, "REQUIREMENTS", [reqs])
+    monkeypatch.setattr(prepare, "CONSTRAINTS", reqs)
+    monkeypatch.setattr(prepare, "CACHE", tmp_path / "cache")
+    monkeypatch.setattr(prepare, "host_matches_image", lambda: True)
+    (prepare.CACHE / "older-pins").mkdir(parents=True)
+    pip_runs = []
+
+    def pip_wheel(command, **kwargs):
+        pip_runs.append(command)
+        wheels = Path(command[command.index("--wheel-dir") + 1])
+        (wheels / "galaxy_app-26.1.1-py3-none-any.whl").write_text("wheel")
+    monkeypatch.setattr(prepare.subprocess, "run", pip_wheel)
+    for clone in ("first", "second"):
+        monkeypatch.setattr(prepare, "WHEELS", tmp_path / clone / "wheels")
+        monkeypatch.setattr(prepare, "STAMP", tmp_path / clone / "wheels" / "stamp")
+        prepare.WHEELS.mkdir(parents=True)
+        prepare.ensure_wheelhouse()
+        assert (prepare.WHEELS / "galaxy_app-26.1.1-py3-none-any.whl").read_text() == "wheel"
+    assert len(pip_runs) == 1
+    assert [d.name for d in prepare.CACHE.iterdir()] == [prepare.requirements_digest()]
 
 
 def test_test_tool_shed_is_the_galaxy_release(prepare):
@@ -39,5 +72,5 @@ def test_test_tool_shed_is_the_galaxy_release(prepare):
     def pin(path, name):
         return next(line.split("==")[1].strip() for line in path.read_text().splitlines()
                     if line.startswith(f"{name}=="))
-    galaxy, shed = prepare.REQUIREMENTS
-    assert pin(shed, "galaxy-tool-shed") == pin(galaxy, "galaxy")
+    shed = prepare.REQUIREMENTS[1]
+    assert pin(shed, "galaxy-tool-shed") == pin(prepare.CONSTRAINTS, "galaxy-app")
