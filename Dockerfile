@@ -54,12 +54,56 @@ RUN groupadd -g ${GALAXY_GID} galaxy \
  && install -d -o slurm -g slurm /var/spool/slurmctld /run/slurm \
  && install -d /var/spool/slurmd
 
-# The venv stage's tools, in no final image: binutils (strip, below). A stage of its own that
-# needs no wheels, so scripts/up builds it while the wheelhouse is being filled.
+# The venv stage's tools, in no final image: binutils (strip, below).
 FROM python AS build-tools
 RUN apt-get update \
  && apt-get install -y --no-install-recommends binutils \
  && rm -rf /var/lib/apt/lists/*
+
+# What the web and runner images set before Galaxy's layer: metadata only, so it builds while
+# the wheelhouse is being filled (scripts/up), and never after the venv's layer.
+FROM python AS galaxy-base
+# Marks the final images (not the venv stage, which is build cache) for pruning when replaced.
+LABEL io.scalable-galaxy.image=web
+# VIRTUAL_ENV: Galaxy's job scripts and metadata setting find their Python through it.
+ENV VIRTUAL_ENV=/opt/galaxy/venv \
+    PATH=/opt/galaxy/venv/bin:$PATH \
+    GALAXY_CONFIG_FILE=/etc/galaxy/galaxy.yml \
+    PYTHONUNBUFFERED=1
+USER galaxy
+# No VOLUME here: every container of the image would get an anonymous volume that outlives it
+# (e.g. replicas removed by scaling down). The stack mounts galaxy-data; alone, mount one yourself.
+WORKDIR /srv/galaxy
+EXPOSE 8080 8443
+HEALTHCHECK --interval=10s --timeout=5s --start-period=300s --retries=3 \
+    CMD curl -fsS -o /dev/null http://localhost:8080/api/version || exit 1
+ENTRYPOINT ["/usr/local/lib/galaxy-entrypoint/entrypoint.py"]
+CMD ["web"]
+
+# nginx runs entirely as the unprivileged galaxy user (same uid as in the Galaxy images, so it can
+# read the shared volume it mounts read-only).
+FROM ${BASE_IMAGE} AS nginx-base
+LABEL io.scalable-galaxy.image=nginx
+ARG GALAXY_UID=1450
+ARG GALAXY_GID=1450
+# python3-minimal: the entrypoint turns settings into nginx directives.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends nginx-light python3-minimal curl \
+ && rm -rf /var/lib/apt/lists/* /etc/nginx/sites-enabled /etc/nginx/conf.d \
+ && groupadd -g ${GALAXY_GID} galaxy \
+ && useradd -u ${GALAXY_UID} -g galaxy -M -d /nonexistent -s /usr/sbin/nologin galaxy \
+ && install -d -o galaxy -g galaxy /var/cache/nginx
+USER galaxy
+# Request bodies and proxy buffers go to /var/cache/nginx: compose mounts a volume there.
+EXPOSE 8080 8443
+# Every 3 s (a curl): healthy a moment after it starts; 10 failures (30 s) make it unhealthy.
+HEALTHCHECK --interval=3s --timeout=5s --start-period=30s --retries=10 \
+    CMD curl -fsS -o /dev/null http://localhost:8080/nginx-health || exit 1
+ENTRYPOINT ["nginx-entrypoint"]
+CMD ["nginx", "-g", "daemon off;"]
+
+# Everything above copies no file: scripts/up builds it from this file alone (no context)
+# while the wheelhouse is being filled, up to nginx-base (compose_stack.WHEEL_FREE_STAGE).
 
 # Build the venv in its own stage so the wheelhouse never lands in a final layer.
 FROM build-tools AS venv
@@ -125,25 +169,9 @@ COPY config/sudoers /etc/sudoers.d/galaxy-jobs
 # On the compute nodes, Slurm's Prolog and Epilog (config/slurm.conf).
 COPY docker/slurm-node/ /usr/local/lib/galaxy-entrypoint/slurm-node/
 
-FROM python AS web
-# Marks the final images (not the venv stage, which is build cache) for pruning when replaced.
-LABEL io.scalable-galaxy.image=web
-# VIRTUAL_ENV: Galaxy's job scripts and metadata setting find their Python through it.
-ENV VIRTUAL_ENV=/opt/galaxy/venv \
-    PATH=/opt/galaxy/venv/bin:$PATH \
-    GALAXY_CONFIG_FILE=/etc/galaxy/galaxy.yml \
-    PYTHONUNBUFFERED=1
-USER galaxy
-# No VOLUME here: every container of the image would get an anonymous volume that outlives it
-# (e.g. replicas removed by scaling down). The stack mounts galaxy-data; alone, mount one yourself.
-WORKDIR /srv/galaxy
-EXPOSE 8080 8443
-HEALTHCHECK --interval=10s --timeout=5s --start-period=300s --retries=3 \
-    CMD curl -fsS -o /dev/null http://localhost:8080/api/version || exit 1
-ENTRYPOINT ["/usr/local/lib/galaxy-entrypoint/entrypoint.py"]
-CMD ["web"]
-# Last, and files only: the image's metadata above is set before Galaxy's big layer, so a change
-# to the configuration or the entrypoint rebuilds just the last step.
+FROM galaxy-base AS web
+# Files only: the image's metadata (galaxy-base) is set before Galaxy's big layer, so a change to
+# the configuration or the entrypoint rebuilds just the last step.
 COPY --from=venv /opt/galaxy/venv /opt/galaxy/venv
 COPY --from=web-files / /
 
@@ -154,32 +182,13 @@ FROM web AS runner
 LABEL io.scalable-galaxy.image=runner
 COPY --from=runner-files / /
 
-# nginx runs entirely as the unprivileged galaxy user (same uid as in the Galaxy images, so it can
-# read the shared volume it mounts read-only).
-FROM ${BASE_IMAGE} AS nginx
-LABEL io.scalable-galaxy.image=nginx
-ARG GALAXY_UID=1450
-ARG GALAXY_GID=1450
-# python3-minimal: the entrypoint turns settings into nginx directives.
-RUN apt-get update \
- && apt-get install -y --no-install-recommends nginx-light python3-minimal curl \
- && rm -rf /var/lib/apt/lists/* /etc/nginx/sites-enabled /etc/nginx/conf.d \
- && groupadd -g ${GALAXY_GID} galaxy \
- && useradd -u ${GALAXY_UID} -g galaxy -M -d /nonexistent -s /usr/sbin/nologin galaxy \
- && install -d -o galaxy -g galaxy /var/cache/nginx
+FROM nginx-base AS nginx
 # Galaxy's static files, then the built client into static/dist (where Galaxy itself maps it).
 ARG SITE_PACKAGES=/opt/galaxy/venv/lib/python3.11/site-packages
 COPY --from=venv ${SITE_PACKAGES}/galaxy/webapps/base/static /usr/share/galaxy/static
 COPY --from=venv ${SITE_PACKAGES}/galaxy/web_client/dist /usr/share/galaxy/static/dist
 COPY nginx/*.conf /etc/nginx/
 COPY nginx/entrypoint.py /usr/local/bin/nginx-entrypoint
-USER galaxy
-# Request bodies and proxy buffers go to /var/cache/nginx: compose mounts a volume there.
-EXPOSE 8080 8443
-HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
-    CMD curl -fsS -o /dev/null http://localhost:8080/nginx-health || exit 1
-ENTRYPOINT ["nginx-entrypoint"]
-CMD ["nginx", "-g", "daemon off;"]
 
 # Tests only (tests/compose.toolshed.yml, never part of the stack): a Tool Shed of the same Galaxy
 # release, API only (its wheel has no built web client), for the suite to publish a repository to

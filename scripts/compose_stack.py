@@ -92,10 +92,10 @@ SIDE_SERVICES = ("postgres", "rabbitmq", "redis", "mariadb")
 # The service that builds Galaxy's web image (compose.yml); the root Dockerfile's other images
 # (runner, nginx, the suite's Tool Shed) are built on its stages, so after it.
 WEB_IMAGE_SERVICE = "init"
-# The root Dockerfile's stages that copy no file: Debian's packages under every Galaxy image and
-# the venv stage's tools. They build without a context (while the wheelhouse is still being
-# filled) into the cache the full build then uses.
-WHEEL_FREE_STAGE = "build-tools"
+# The last of the root Dockerfile's first stages, which copy no file (Debian's packages and the
+# images' metadata): they build without a context, while the wheelhouse is still being filled,
+# into the cache the full build then uses.
+WHEEL_FREE_STAGE = "nginx-base"
 
 
 def build_images(compose, prepare_build):

@@ -74,3 +74,17 @@ def test_test_tool_shed_is_the_galaxy_release(prepare):
                     if line.startswith(f"{name}=="))
     shed = prepare.REQUIREMENTS[1]
     assert pin(shed, "galaxy-tool-shed") == pin(prepare.CONSTRAINTS, "galaxy-app")
+
+
+def test_stages_built_without_a_context_copy_nothing():
+    """scripts/up builds the Dockerfile's stages up to compose_stack.WHEEL_FREE_STAGE from the
+    file alone (no context): a COPY or ADD there would fail that build."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    import compose_stack
+    dockerfile = (compose_stack.ROOT / "Dockerfile").read_text()
+    head = dockerfile.split(f" AS {compose_stack.WHEEL_FREE_STAGE}\n")
+    assert len(head) == 2, f"no stage {compose_stack.WHEEL_FREE_STAGE} in the Dockerfile"
+    last_stage = head[1].split("\nFROM ")[0]
+    instructions = [line.split()[0] for line in (head[0] + last_stage).splitlines()
+                    if line and not line.startswith((" ", "#"))]
+    assert "COPY" not in instructions and "ADD" not in instructions
