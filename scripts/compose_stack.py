@@ -100,11 +100,16 @@ WHEEL_FREE_STAGE = "nginx-base"
 
 def build_images(compose, prepare_build):
     """Build every image of `compose` (the command with its files and profiles), sooner than one
-    `compose build` does on Compose v1, with the same result: the base image; then at once
-    (a) the wheelhouse, then Galaxy's web image, and (b) the root Dockerfile's stages that need no
-    wheels, then the side images, their output going to a log file (kept only if they fail); then the
+    `compose build` does on Compose v1, with the same result. At once: (a) the wheelhouse, then
+    Galaxy's web image; (b) the base image, then the root Dockerfile's stages that need no wheels,
+    then the side images, their output going to a log file (kept only if they fail). Then the
     rest, together where Compose can (v1 with --parallel; v2 always does)."""
-    subprocess.run([str(prepare_build), "--no-wheels"], check=True)
+    wheelhouse = subprocess.Popen([str(prepare_build), "--no-base"])
+    try:
+        subprocess.run([str(prepare_build), "--no-wheels"], check=True)
+    except BaseException:
+        wheelhouse.terminate()
+        raise
     services = subprocess.run([*compose, "config", "--services"], capture_output=True, text=True,
                               check=True, cwd=ROOT).stdout.split()
     side = [s for s in SIDE_SERVICES if s in services]
@@ -116,10 +121,12 @@ def build_images(compose, prepare_build):
             ["sh", "-c", script, "sh", WHEEL_FREE_STAGE, str(ROOT / "Dockerfile"), *compose, "build", *side],
             stdout=out, stderr=subprocess.STDOUT, cwd=ROOT) as side_build:
         try:
-            subprocess.run([str(prepare_build)], check=True)
+            if wheelhouse.wait() != 0:
+                raise ComposeError("filling the wheelhouse failed (scripts/prepare-build, above)")
             subprocess.run([*compose, "build", WEB_IMAGE_SERVICE], check=True, cwd=ROOT)
         except BaseException:
             side_build.terminate()
+            wheelhouse.terminate()
             raise
         if side_build.wait() != 0:
             tail = "".join(Path(log).read_text().splitlines(keepends=True)[-30:])
