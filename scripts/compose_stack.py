@@ -100,38 +100,43 @@ WHEEL_FREE_STAGE = "nginx-base"
 
 def build_images(compose, prepare_build):
     """Build every image of `compose` (the command with its files and profiles), sooner than one
-    `compose build` does on Compose v1, with the same result. At once: (a) the wheelhouse, then
-    Galaxy's web image; (b) the base image, then the root Dockerfile's stages that need no wheels,
-    then the side images, their output going to a log file (kept only if they fail). Then the
-    rest, together where Compose can (v1 with --parallel; v2 always does)."""
-    wheelhouse = subprocess.Popen([str(prepare_build), "--no-base"])
-    try:
-        subprocess.run([str(prepare_build), "--no-wheels"], check=True)
-    except BaseException:
-        wheelhouse.terminate()
-        raise
-    services = subprocess.run([*compose, "config", "--services"], capture_output=True, text=True,
-                              check=True, cwd=ROOT).stdout.split()
-    side = [s for s in SIDE_SERVICES if s in services]
-    # (b) in a shell of its own: the stages that need no wheels (the Dockerfile alone, no
-    # context), then the side images.
-    script = 'docker build --target "$1" - < "$2" && shift 2 && exec "$@"'
+    `compose build` does on Compose v1, with the same result. The wheelhouse fills while the base
+    image is made; then the root Dockerfile's stages that need no wheels and the side images
+    build (their output in a log file, kept only if they fail); once the wheelhouse and those
+    stages are there, Galaxy's web image, then the rest, together where Compose can (v1 with
+    --parallel; v2 always does)."""
     fd, log = tempfile.mkstemp(prefix="scalable-galaxy-build-", suffix=".log")
-    with os.fdopen(fd, "w") as out, subprocess.Popen(
-            ["sh", "-c", script, "sh", WHEEL_FREE_STAGE, str(ROOT / "Dockerfile"), *compose, "build", *side],
-            stdout=out, stderr=subprocess.STDOUT, cwd=ROOT) as side_build:
+    started = []
+
+    def start(command, **kwargs):
+        started.append(subprocess.Popen(command, cwd=ROOT, **kwargs))
+        return started[-1]
+
+    def wait(process, what):
+        if process.wait() != 0:
+            tail = "".join(Path(log).read_text().splitlines(keepends=True)[-30:])
+            raise ComposeError(f"{what} failed; the end of {log}:\n{tail}")
+
+    with os.fdopen(fd, "w") as out:
         try:
+            wheelhouse = start([str(prepare_build), "--no-base"])
+            subprocess.run([str(prepare_build), "--no-wheels"], check=True)
+            services = subprocess.run([*compose, "config", "--services"], capture_output=True,
+                                      text=True, check=True, cwd=ROOT).stdout.split()
+            side = [s for s in SIDE_SERVICES if s in services]
+            with open(ROOT / "Dockerfile", "rb") as dockerfile:  # the file alone: no context
+                stages = start(["docker", "build", "--target", WHEEL_FREE_STAGE, "-"], stdin=dockerfile,
+                               stdout=out, stderr=subprocess.STDOUT)
+            side_images = start([*compose, "build", *side], stdout=out, stderr=subprocess.STDOUT)
             if wheelhouse.wait() != 0:
                 raise ComposeError("filling the wheelhouse failed (scripts/prepare-build, above)")
+            wait(stages, f"building the Dockerfile's stages up to {WHEEL_FREE_STAGE}")
             subprocess.run([*compose, "build", WEB_IMAGE_SERVICE], check=True, cwd=ROOT)
-        except BaseException:
-            side_build.terminate()
-            wheelhouse.terminate()
-            raise
-        if side_build.wait() != 0:
-            tail = "".join(Path(log).read_text().splitlines(keepends=True)[-30:])
-            raise ComposeError(f"building {WHEEL_FREE_STAGE} or {', '.join(side)} failed; the end of "
-                               f"{log}:\n{tail}")
+            wait(side_images, f"building {', '.join(side)}")
+        finally:
+            for process in started:
+                if process.poll() is None:
+                    process.terminate()
     os.unlink(log)
     parallel = ["--parallel"] if compose[0] == "docker-compose" else []
     subprocess.run([*compose, "build", *parallel], check=True, cwd=ROOT)
