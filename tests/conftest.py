@@ -210,13 +210,14 @@ def pytest_runtest_makereport(item, call):
     browser test also a screenshot (tests/test_browser.py)."""
     outcome = yield
     report = outcome.get_result()
-    stack = item.funcargs.get("stack") if hasattr(item, "funcargs") else None
+    funcargs = getattr(item, "funcargs", {})
+    stack = funcargs.get("stack")
     if report.failed and call.when in ("setup", "call") and stack is not None:
         try:
             report.sections.append(("compose services", stack.report()))
         except Exception as e:  # the report must not hide the failure it explains
             report.sections.append(("compose services", f"no report: {e!r}"))
-    browser = item.funcargs.get("browser") if hasattr(item, "funcargs") else None
+    browser = funcargs.get("browser")
     if report.failed and call.when == "call" and browser is not None:
         try:
             report.sections.append(("browser", browser.failure_report(item.name)))

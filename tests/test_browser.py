@@ -138,7 +138,7 @@ def browser(stack):
     b.driver.quit()
 
 
-def log_in(browser, email, password):
+def log_in_through_form(browser, email, password):
     """Through the login form, where Galaxy sends a stranger (GALAXY_REQUIRE_LOGIN)."""
     browser.wait("form#login")
     browser.driver.find_element(By.ID, "login-form-name").send_keys(email)
@@ -180,7 +180,7 @@ def test_a_stranger_registers_and_logs_in_through_the_forms(browser):
     browser.get("/")
     browser.wait("form#login")
     assert "email" not in browser.current_user()
-    log_in(browser, email, password)
+    log_in_through_form(browser, email, password)
     assert browser.current_user()["username"] == name
     assert browser.problems() == []
 
@@ -195,7 +195,7 @@ def test_an_upload_through_the_dialog_turns_ok_and_shows_its_content(admin, brow
     upload = tmp_path / "browser-upload.txt"
     upload.write_text(content + "\n")
     browser.get("/")
-    log_in(browser, f"{name}@example.org", password)
+    log_in_through_form(browser, f"{name}@example.org", password)
     browser.click("#activity-upload")
     browser.click("#regular #btn-local")
     browser.driver.find_element(By.CSS_SELECTOR, "#regular input#upload-file").send_keys(str(upload))
